@@ -1,0 +1,61 @@
+"""The flask-tus demo: an upload page at ``/`` and a tus endpoint at ``/files/``.
+
+Run it with ``make demo`` (or ``flask --app demo.app run --port 5000``). Files land in
+``demo/uploads/`` unless ``TUS_UPLOAD_DIR`` is set in the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from flask import Flask, jsonify, render_template, url_for
+from flask.typing import ResponseReturnValue
+
+from flask_tus import FlaskTus, HookEvent
+
+HERE = Path(__file__).resolve().parent
+
+app = Flask(__name__)
+app.config["TUS_UPLOAD_DIR"] = os.environ.get("TUS_UPLOAD_DIR") or str(HERE / "uploads")
+app.config["TUS_UPLOAD_URL"] = "/files/"
+
+tus = FlaskTus(app)
+log = logging.getLogger("demo")
+
+
+@tus.hooks.on_complete
+async def announce(event: HookEvent) -> None:
+    """Log every finished upload with its MD5 (read without blocking the event loop)."""
+    digest = await tus.md5(event.upload)
+    log.warning("upload %s finished: %s (md5 %s)", event.upload.id, event.upload.metadata, digest)
+
+
+@app.get("/")
+def index() -> ResponseReturnValue:
+    return render_template("index.html", endpoint=url_for("tus.collection"))
+
+
+@app.get("/uploads.json")
+async def uploads() -> ResponseReturnValue:
+    """Finished uploads, newest first, for the page's list."""
+    handler = tus.state().handler
+    items = [u async for u in handler.store.iter_uploads() if u.is_complete]
+    items.sort(key=lambda u: u.completed_at or u.created_at, reverse=True)
+    collection = url_for("tus.collection")
+    return jsonify(
+        [
+            {
+                "id": u.id,
+                "url": collection + u.id,
+                "filename": u.metadata.get("filename") or u.id,
+                "size": u.length,
+            }
+            for u in items
+        ]
+    )
+
+
+if __name__ == "__main__":
+    app.run(host="127.0.0.1", port=5000)

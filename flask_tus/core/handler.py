@@ -1,0 +1,568 @@
+"""The tus 1.0.0 protocol: one handler that turns each request into a response.
+
+The handler sequences every request against the store, the storage, the locker and the hooks it
+is given. It does no I/O of its own and knows no web framework. Every error, expected or not,
+becomes a response here (:meth:`TusHandler.handle` never raises), so each adapter has exactly one
+place that maps outcomes to HTTP.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from . import errors
+from .checksum import Hasher, new_hasher
+from .download import content_headers
+from .headers import (
+    OCTET_STREAM,
+    SUPPORTED_VERSIONS,
+    TUS_VERSION,
+    Checksum,
+    check_version,
+    format_concat,
+    http_date,
+    parse_checksum,
+    parse_concat,
+    parse_defer_length,
+    parse_metadata,
+    parse_range,
+    parse_uint,
+)
+from .hooks import HookEvent, Hooks, RequestInfo
+from .ids import is_valid_id, new_id
+from .messages import TusRequest, TusResponse
+from .protocols import ConcatenatingStorage, DataStorage, Locker, UploadStore
+from .settings import TusSettings
+from .upload import Upload
+
+log = logging.getLogger("flask_tus")
+
+#: Response headers a browser script may read (CORS); tus clients need every one of them.
+EXPOSE_HEADERS = (
+    "Upload-Offset, Location, Upload-Length, Tus-Version, Tus-Resumable, Tus-Max-Size, "
+    "Tus-Extension, Upload-Metadata, Upload-Defer-Length, Upload-Concat, Upload-Expires, "
+    "Upload-Checksum"
+)
+ALLOW_HEADERS = (
+    "Authorization, Content-Type, Location, Tus-Extension, Tus-Max-Size, Tus-Resumable, "
+    "Tus-Version, Upload-Concat, Upload-Defer-Length, Upload-Length, Upload-Metadata, "
+    "Upload-Offset, Upload-Checksum, X-HTTP-Method-Override, X-Requested-With"
+)
+ALLOW_METHODS = "POST, HEAD, PATCH, DELETE, GET, OPTIONS"
+_COLLECTION_METHODS = ("POST", "OPTIONS")
+_UPLOAD_METHODS = ("HEAD", "PATCH", "DELETE", "GET", "OPTIONS")
+_OVERRIDABLE = ("PATCH", "DELETE", "HEAD", "GET", "OPTIONS", "POST")
+# A forwarded host: a DNS name or bracketed IPv6, with an optional port. Anything else is ignored
+# so that a header never injects text into Location.
+_HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+_PREFIX = re.compile(r"(?:/[A-Za-z0-9._~%!$&'()*+,;=:@-]*)*")
+
+
+@dataclass
+class _Received:
+    """What one request body delivered."""
+
+    count: int
+    disconnected: bool
+
+
+class TusHandler:
+    """Serves the tus protocol over the given backends.
+
+    ``clock`` returns the current time (timezone-aware UTC); tests replace it.
+    """
+
+    def __init__(
+        self,
+        *,
+        store: UploadStore,
+        storage: DataStorage,
+        locker: Locker,
+        hooks: Hooks | None = None,
+        settings: TusSettings | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.store = store
+        self.storage = storage
+        self.locker = locker
+        self.hooks = hooks or Hooks()
+        self.settings = settings or TusSettings()
+        self.clock = clock or (lambda: datetime.now(UTC))
+
+    # ------------------------------------------------------------------ capabilities
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """The tus extensions the configured backends really implement (for OPTIONS)."""
+        names = ["creation", "creation-with-upload", "creation-defer-length", "termination"]
+        if self.settings.expiration is not None:
+            names.append("expiration")
+        if self.settings.checksum_algorithms:
+            names.append("checksum")
+        if isinstance(self.storage, ConcatenatingStorage):
+            names += ["concatenation", "concatenation-unfinished"]
+        return tuple(names)
+
+    # ------------------------------------------------------------------ entry point
+
+    async def handle(self, request: TusRequest) -> TusResponse:
+        """Answer one request. Never raises: every failure becomes an error response."""
+        method = request.method.upper()
+        override = request.headers.get("x-http-method-override")
+        if method == "POST" and override and override.strip().upper() in _OVERRIDABLE:
+            method = override.strip().upper()
+        try:
+            response = await self._dispatch(method, request)
+        except errors.TusError as exc:
+            response = self._error(exc)
+        except Exception:
+            log.exception("tus %s on %r failed", method, request.upload_id)
+            response = self._error(errors.TusError())
+        self._finish(method, request, response)
+        return response
+
+    async def _dispatch(self, method: str, request: TusRequest) -> TusResponse:
+        allowed = _COLLECTION_METHODS if request.upload_id is None else _UPLOAD_METHODS
+        if method not in allowed:
+            raise errors.MethodNotAllowed(headers={"Allow": ", ".join(allowed)})
+        if method == "OPTIONS":
+            return self._options(request)
+        # GET is a plain download, not a tus request: browsers follow links without tus headers.
+        if method != "GET":
+            check_version(request.headers.get("tus-resumable"))
+        if request.upload_id is None:
+            return await self._post(request)
+        upload_id = request.upload_id
+        # The id is checked before it reaches any store or path (ids are 32 hex digits).
+        if not is_valid_id(upload_id):
+            raise errors.UploadNotFound()
+        if method == "HEAD":
+            return await self._head(upload_id, request)
+        if method == "PATCH":
+            return await self._patch(upload_id, request)
+        if method == "DELETE":
+            return await self._delete(upload_id, request)
+        return await self._get(upload_id, request)
+
+    # ------------------------------------------------------------------ OPTIONS
+
+    def _options(self, request: TusRequest) -> TusResponse:
+        headers = {
+            "Tus-Version": ",".join(SUPPORTED_VERSIONS),
+            "Tus-Extension": ",".join(self.extensions),
+        }
+        if self.settings.max_size is not None:
+            headers["Tus-Max-Size"] = str(self.settings.max_size)
+        if self.settings.checksum_algorithms:
+            headers["Tus-Checksum-Algorithm"] = ",".join(self.settings.checksum_algorithms)
+        return TusResponse(204, headers)
+
+    # ------------------------------------------------------------------ POST (creation)
+
+    async def _post(self, request: TusRequest) -> TusResponse:
+        headers = request.headers
+        concat = parse_concat(headers.get("upload-concat"))
+        if concat is not None and not isinstance(self.storage, ConcatenatingStorage):
+            raise errors.BadRequest("concatenation is not supported by this server")
+        length = parse_uint("Upload-Length", headers.get("upload-length"))
+        deferred = parse_defer_length(headers.get("upload-defer-length"))
+        metadata_header = headers.get("upload-metadata")
+        parse_metadata(metadata_header)  # validate now; the raw value is what HEAD returns
+        if request.has_body and _media_type(headers) != OCTET_STREAM:
+            raise errors.UnsupportedMediaType()
+
+        now = self.clock()
+        upload_id = new_id()
+        if concat is not None and concat.kind == "final":
+            if length is not None or deferred:
+                raise errors.BadRequest("Upload-Length must not be sent for a final upload")
+            if request.has_body:
+                raise errors.Forbidden("a final upload takes no body")
+            parts = [await self._load_part(part_id, now) for part_id in concat.parts]
+            lengths = [p.length for p in parts]
+            total = None if None in lengths else sum(p or 0 for p in lengths)
+            upload = Upload(
+                id=upload_id,
+                length=total,
+                created_at=now,
+                metadata_header=metadata_header,
+                expires_at=self._expiry(now),
+                concat="final",
+                parts=concat.parts,
+            )
+        else:
+            if length is None and not deferred:
+                raise errors.BadRequest("Upload-Length or Upload-Defer-Length: 1 is required")
+            if length is not None and deferred:
+                raise errors.BadRequest("send Upload-Length or Upload-Defer-Length, not both")
+            self._check_max(length)
+            upload = Upload(
+                id=upload_id,
+                length=length,
+                created_at=now,
+                metadata_header=metadata_header,
+                expires_at=self._expiry(now),
+                concat=concat.kind if concat else None,
+            )
+
+        await self.hooks.run("on_create", self._event("on_create", upload, request))
+        # Data first, record second: a crash between them leaves an orphan file (reported by
+        # the cleanup command), never a record that points at nothing.
+        await self.storage.create(upload_id)
+        await self.store.create(upload)
+
+        response_headers = {"Location": self._location(request, upload_id)}
+        if upload.concat == "final":
+            upload = await self._try_assemble(upload, request)
+        elif upload.length == 0:
+            upload = await self._complete_empty(upload, request)
+        elif request.has_body:
+            # creation-with-upload: the body is the first chunk, at offset 0.
+            async with self.locker.lock(upload_id):
+                upload, received = await self._write_chunk(upload, request, 0, None)
+            response_headers["Upload-Offset"] = str(upload.offset)
+            if received.disconnected:
+                raise errors.ClientDisconnected()
+        response_headers.update(self._expiry_headers(upload))
+        return TusResponse(201, response_headers)
+
+    async def _load_part(self, part_id: str, now: datetime) -> Upload:
+        try:
+            part = await self.store.get(part_id)
+        except errors.UploadNotFound as exc:
+            raise errors.BadRequest(f"Upload-Concat names an unknown upload {part_id}") from exc
+        if part.concat != "partial":
+            raise errors.BadRequest(f"upload {part_id} is not a partial upload")
+        if self._expired(part, now):
+            raise errors.BadRequest(f"partial upload {part_id} has expired")
+        return part
+
+    async def _complete_empty(self, upload: Upload, request: TusRequest) -> Upload:
+        finished = upload.copy(completed_at=self.clock())
+        await self.store.commit(finished, expected_offset=0)
+        await self.hooks.run("on_complete", self._event("on_complete", finished, request))
+        return finished
+
+    # ------------------------------------------------------------------ HEAD
+
+    async def _head(self, upload_id: str, request: TusRequest) -> TusResponse:
+        upload = await self._get_live(upload_id)
+        if upload.concat == "final" and not upload.is_complete:
+            upload = await self._try_assemble(upload, request)
+        headers = {"Cache-Control": "no-store"}
+        # A final upload shows its offset only once it is assembled (tus concatenation).
+        if upload.concat != "final" or upload.is_complete:
+            headers["Upload-Offset"] = str(upload.offset)
+        if upload.length is not None:
+            headers["Upload-Length"] = str(upload.length)
+        elif upload.concat != "final":
+            headers["Upload-Defer-Length"] = "1"
+        if upload.metadata_header is not None:
+            headers["Upload-Metadata"] = upload.metadata_header
+        if upload.concat is not None:
+            headers["Upload-Concat"] = format_concat(
+                upload.concat, [self._location(request, p) for p in upload.parts]
+            )
+        headers.update(self._expiry_headers(upload))
+        return TusResponse(200, headers)
+
+    # ------------------------------------------------------------------ PATCH
+
+    async def _patch(self, upload_id: str, request: TusRequest) -> TusResponse:
+        headers = request.headers
+        if _media_type(headers) != OCTET_STREAM:
+            raise errors.UnsupportedMediaType()
+        offset = parse_uint("Upload-Offset", headers.get("upload-offset"))
+        if offset is None:
+            raise errors.BadRequest("Upload-Offset is required")
+        new_length = parse_uint("Upload-Length", headers.get("upload-length"))
+        parse_checksum(headers.get("upload-checksum"), self.settings.checksum_algorithms)
+
+        upload = await self._get_live(upload_id)
+        if upload.concat == "final":
+            raise errors.Forbidden("a final upload cannot be patched")
+        async with self.locker.lock(upload_id):
+            # Re-read under the lock: the record may have moved while we waited.
+            upload = await self._get_live(upload_id)
+            upload, received = await self._write_chunk(upload, request, offset, new_length)
+        if received.disconnected:
+            raise errors.ClientDisconnected()
+        response_headers = {"Upload-Offset": str(upload.offset)}
+        response_headers.update(self._expiry_headers(upload))
+        return TusResponse(204, response_headers)
+
+    async def _write_chunk(
+        self, upload: Upload, request: TusRequest, offset: int, new_length: int | None
+    ) -> tuple[Upload, _Received]:
+        """Write the request body at ``offset`` and commit the new offset.
+
+        Must be called with the upload's lock held. Nothing is committed unless the bytes are
+        flushed first; on any refusal the bytes of this request are discarded.
+        """
+        if offset != upload.offset:
+            raise errors.OffsetMismatch(
+                f"Upload-Offset is {offset} but the upload is at {upload.offset}"
+            )
+        length = upload.length
+        if new_length is not None:
+            if length is None:
+                # creation-defer-length: the length is set once and never changes.
+                if new_length < offset:
+                    raise errors.BadRequest("Upload-Length is smaller than the current offset")
+                self._check_max(new_length)
+                length = new_length
+            elif new_length != length:
+                raise errors.BadRequest("Upload-Length cannot change once set")
+        limit = length if length is not None else self.settings.max_size
+        announced = request.content_length
+        if announced is not None and limit is not None and offset + announced > limit:
+            raise errors.PayloadTooLarge(
+                "the body would pass Upload-Length"
+                if length is not None
+                else "the body would pass the maximum upload size"
+            )
+        checksum = parse_checksum(
+            request.headers.get("upload-checksum"), self.settings.checksum_algorithms
+        )
+
+        staged = upload.copy(length=length)
+        await self.hooks.run("pre_save", self._event("pre_save", staged, request))
+        received = await self._receive(upload.id, request, offset, limit, checksum)
+
+        new_offset = offset + received.count
+        if new_offset == offset and length == upload.length:
+            return upload, received
+        done = length is not None and new_offset == length
+        committed = staged.copy(offset=new_offset, completed_at=self.clock() if done else None)
+        # Compare-and-set: only the request that saw this offset may move it.
+        await self.store.commit(committed, expected_offset=offset)
+        await self.hooks.run("post_save", self._event("post_save", committed, request))
+        if done:
+            # Reaching the length happens once per upload (the commit above is a CAS), so this
+            # hook fires exactly once.
+            await self.hooks.run("on_complete", self._event("on_complete", committed, request))
+        return committed, received
+
+    async def _receive(
+        self,
+        upload_id: str,
+        request: TusRequest,
+        offset: int,
+        limit: int | None,
+        checksum: Checksum | None,
+    ) -> _Received:
+        room = None if limit is None else limit - offset
+        hasher: Hasher | None = new_hasher(checksum.algorithm) if checksum else None
+        count = 0
+        disconnected = False
+        async with self.storage.open_writer(upload_id, offset) as writer:
+            try:
+                async for piece in request.body:
+                    if not piece:
+                        continue
+                    if room is not None and count + len(piece) > room:
+                        await writer.discard()
+                        raise errors.PayloadTooLarge("the body would pass Upload-Length")
+                    await writer.write(piece)
+                    if hasher is not None:
+                        hasher.update(piece)
+                    count += len(piece)
+            except errors.ClientDisconnected:
+                disconnected = True
+            # Some servers report a dropped client as a silent end of body: compare with the
+            # announced length.
+            if request.content_length is not None and count < request.content_length:
+                disconnected = True
+            if checksum is not None and hasher is not None:
+                # A checksum covers the whole body: a cut-off body cannot be verified.
+                if disconnected:
+                    await writer.discard()
+                    return _Received(0, True)
+                if not hmac.compare_digest(hasher.digest(), checksum.digest):
+                    await writer.discard()
+                    raise errors.ChecksumMismatch()
+            await writer.flush()
+        return _Received(count, disconnected)
+
+    # ------------------------------------------------------------------ DELETE (termination)
+
+    async def _delete(self, upload_id: str, request: TusRequest) -> TusResponse:
+        upload = await self.store.get(upload_id)
+        async with self.locker.lock(upload_id):
+            upload = await self.store.get(upload_id)
+            await self.hooks.run("pre_delete", self._event("pre_delete", upload, request))
+            await self.remove(upload_id)
+        await self.hooks.run("post_delete", self._event("post_delete", upload, request))
+        return TusResponse(204)
+
+    async def remove(self, upload_id: str) -> None:
+        """Delete an upload's record and data together (record first, so a crash in between
+        leaves an orphan file to report, never a record whose bytes are gone)."""
+        await self.store.delete(upload_id)
+        await self.storage.delete(upload_id)
+
+    # ------------------------------------------------------------------ GET (download)
+
+    async def _get(self, upload_id: str, request: TusRequest) -> TusResponse:
+        upload = await self._get_live(upload_id)
+        if upload.concat == "final" and not upload.is_complete:
+            upload = await self._try_assemble(upload, request)
+        if not upload.is_complete or upload.length is None:
+            raise errors.UploadNotFound("upload is not finished")
+        size = upload.length
+        byte_range = parse_range(request.headers.get("range"), size)
+        headers = content_headers(upload.metadata)
+        headers["Accept-Ranges"] = "bytes"
+        headers["Cache-Control"] = "no-store"
+        if byte_range is None:
+            headers["Content-Length"] = str(size)
+            stream = self.storage.read(upload_id, 0, size - 1) if size else None
+            return TusResponse(200, headers, stream=stream)
+        headers["Content-Length"] = str(byte_range.length)
+        headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
+        stream = self.storage.read(upload_id, byte_range.start, byte_range.end)
+        return TusResponse(206, headers, stream=stream)
+
+    # ------------------------------------------------------------------ concatenation
+
+    async def _try_assemble(self, final: Upload, request: TusRequest) -> Upload:
+        """Build a final upload once all its partials are finished; until then leave it be.
+
+        With concatenation-unfinished a final may be created before its parts finish; it is
+        assembled by the first request that finds them all done.
+        """
+        parts: list[Upload] = []
+        for part_id in final.parts:
+            try:
+                parts.append(await self.store.get(part_id))
+            except errors.UploadNotFound:
+                return final
+        if not all(p.is_complete for p in parts):
+            if final.length is None and all(p.length is not None for p in parts):
+                total = sum(p.length or 0 for p in parts)
+                known = final.copy(length=total)
+                await self.store.commit(known, expected_offset=0)
+                return known
+            return final
+        assert isinstance(self.storage, ConcatenatingStorage)
+        async with self.locker.lock(final.id):
+            current = await self.store.get(final.id)
+            if current.is_complete:
+                return current
+            await self.storage.concatenate(final.id, final.parts)
+            total = sum(p.offset for p in parts)
+            done = current.copy(length=total, offset=total, completed_at=self.clock())
+            await self.store.commit(done, expected_offset=current.offset)
+        await self.hooks.run("on_complete", self._event("on_complete", done, request))
+        return done
+
+    # ------------------------------------------------------------------ helpers
+
+    async def _get_live(self, upload_id: str) -> Upload:
+        upload = await self.store.get(upload_id)
+        if self._expired(upload, self.clock()):
+            raise errors.UploadGone()
+        return upload
+
+    def _expired(self, upload: Upload, now: datetime) -> bool:
+        return upload.is_expired(now, expire_completed=self.settings.expire_completed)
+
+    def _expiry(self, now: datetime) -> datetime | None:
+        exp = self.settings.expiration
+        return None if exp is None else now + exp
+
+    def _expiry_headers(self, upload: Upload) -> dict[str, str]:
+        if upload.expires_at is None:
+            return {}
+        if upload.is_complete and not self.settings.expire_completed:
+            return {}
+        return {"Upload-Expires": http_date(upload.expires_at)}
+
+    def _check_max(self, length: int | None) -> None:
+        limit = self.settings.max_size
+        if length is not None and limit is not None and length > limit:
+            raise errors.PayloadTooLarge(f"Upload-Length exceeds the maximum size of {limit}")
+
+    def _event(self, name: str, upload: Upload, request: TusRequest) -> HookEvent:
+        info = RequestInfo(
+            method=request.method,
+            path=request.collection_path + (request.upload_id or ""),
+            headers=dict(request.headers),
+            remote_addr=request.remote_addr,
+        )
+        return HookEvent(name, upload, info)
+
+    def _location(self, request: TusRequest, upload_id: str) -> str:
+        """The upload's URL: relative, or absolute when a trusted proxy forwarded its host."""
+        path = request.collection_path + upload_id
+        if not self._from_trusted_proxy(request):
+            return path
+        host = _first(request.headers.get("x-forwarded-host"))
+        if not host or not _HOST.fullmatch(host):
+            return path
+        proto = _first(request.headers.get("x-forwarded-proto")) or "http"
+        if proto not in ("http", "https"):
+            proto = "http"
+        prefix = (_first(request.headers.get("x-forwarded-prefix")) or "").rstrip("/")
+        if not _PREFIX.fullmatch(prefix):
+            prefix = ""
+        return f"{proto}://{host}{prefix}{path}"
+
+    def _from_trusted_proxy(self, request: TusRequest) -> bool:
+        if not self.settings.trusted_proxies or not request.remote_addr:
+            return False
+        try:
+            address = ipaddress.ip_address(request.remote_addr)
+        except ValueError:
+            return False
+        return any(address in network for network in self.settings.trusted_proxies)
+
+    def _error(self, exc: errors.TusError) -> TusResponse:
+        headers = dict(exc.headers)
+        headers["Content-Type"] = "text/plain; charset=utf-8"
+        return TusResponse(exc.status, headers, body=exc.message.encode() + b"\n")
+
+    def _finish(self, method: str, request: TusRequest, response: TusResponse) -> None:
+        """Headers every response carries: Tus-Resumable and CORS; HEAD loses its body."""
+        response.headers["Tus-Resumable"] = TUS_VERSION
+        if method == "HEAD":
+            response.body = b""
+            response.stream = None
+        if not response.body and response.stream is None:
+            response.headers.pop("Content-Type", None)
+        self._cors(method, request, response)
+
+    def _cors(self, method: str, request: TusRequest, response: TusResponse) -> None:
+        origin = request.headers.get("origin")
+        allowed = self.settings.cors_origins
+        if not origin or not allowed:
+            return
+        if "*" in allowed:
+            response.headers["Access-Control-Allow-Origin"] = "*"
+        elif origin in allowed:
+            response.headers["Access-Control-Allow-Origin"] = origin
+            response.headers["Vary"] = "Origin"
+        else:
+            return
+        response.headers["Access-Control-Expose-Headers"] = EXPOSE_HEADERS
+        if method == "OPTIONS" and "access-control-request-method" in request.headers:
+            response.headers["Access-Control-Allow-Methods"] = ALLOW_METHODS
+            response.headers["Access-Control-Allow-Headers"] = ALLOW_HEADERS
+            response.headers["Access-Control-Max-Age"] = "86400"
+
+
+def _media_type(headers: dict[str, str]) -> str:
+    return headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _first(value: str | None) -> str | None:
+    """The first (client-most) entry of a comma-separated forwarded header."""
+    if value is None:
+        return None
+    return value.split(",", 1)[0].strip() or None

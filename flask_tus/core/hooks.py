@@ -1,0 +1,110 @@
+"""Callbacks: the seed's six hooks, as ``def`` or ``async def``, with zero or one argument."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .upload import Upload
+
+log = logging.getLogger("flask_tus")
+
+#: Pre-hooks may refuse a request by raising a :class:`~flask_tus.core.errors.TusError`
+#: (usually :class:`~flask_tus.core.errors.HookRejected`).
+PRE_HOOKS = ("on_create", "pre_save", "pre_delete")
+#: Post-hooks run after the change is committed; a failure is logged and never undoes it.
+POST_HOOKS = ("post_save", "on_complete", "post_delete")
+HOOK_NAMES = PRE_HOOKS + POST_HOOKS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    """A framework-neutral copy of the request's essentials."""
+
+    method: str
+    path: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    remote_addr: str | None = None
+
+
+@dataclass(frozen=True)
+class HookEvent:
+    """What a hook receives: its name, the upload record and the request that caused it."""
+
+    name: str
+    upload: Upload
+    request: RequestInfo
+
+
+def _wants_event(func: Callable[..., Any]) -> bool:
+    """Whether ``func`` takes the event: the seed's hooks took no argument, ours take one."""
+    try:
+        signature = inspect.signature(func)
+    except (TypeError, ValueError):
+        return True
+    params = [
+        p
+        for p in signature.parameters.values()
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL)
+    ]
+    return bool(params)
+
+
+class Hooks:
+    """The registry of hook functions, and the one place that calls them.
+
+    Register with ``hooks.add("on_complete", func)`` or a decorator such as
+    ``@hooks.on_complete``. Functions run in registration order.
+    """
+
+    def __init__(self) -> None:
+        self._funcs: dict[str, list[Callable[..., Any]]] = {name: [] for name in HOOK_NAMES}
+
+    def add(self, name: str, func: F) -> F:
+        """Register ``func`` for hook ``name``; ``ValueError`` for an unknown name."""
+        if name not in self._funcs:
+            raise ValueError(f"unknown hook {name!r}; expected one of {', '.join(HOOK_NAMES)}")
+        self._funcs[name].append(func)
+        return func
+
+    def on_create(self, func: F) -> F:
+        return self.add("on_create", func)
+
+    def pre_save(self, func: F) -> F:
+        return self.add("pre_save", func)
+
+    def post_save(self, func: F) -> F:
+        return self.add("post_save", func)
+
+    def on_complete(self, func: F) -> F:
+        return self.add("on_complete", func)
+
+    def pre_delete(self, func: F) -> F:
+        return self.add("pre_delete", func)
+
+    def post_delete(self, func: F) -> F:
+        return self.add("post_delete", func)
+
+    def __contains__(self, name: str) -> bool:
+        return bool(self._funcs.get(name))
+
+    async def run(self, name: str, event: HookEvent) -> None:
+        """Call every function of hook ``name``, awaiting coroutines.
+
+        For a pre-hook an exception propagates (a ``TusError`` refuses the request). For a
+        post-hook it is logged and swallowed: the change it reports is already committed.
+        """
+        for func in self._funcs[name]:
+            try:
+                result = func(event) if _wants_event(func) else func()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                if name in PRE_HOOKS:
+                    raise
+                log.exception("tus %s hook %r failed for upload %s", name, func, event.upload.id)

@@ -1,0 +1,97 @@
+"""The small interfaces the protocol core reaches storage through.
+
+A metadata store keeps :class:`~flask_tus.core.upload.Upload` records; a data storage keeps the
+bytes; a locker gives one writer per upload. Optional abilities are separate Protocols, checked
+with ``isinstance`` so that OPTIONS advertises only what the configured backends really do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
+
+from .upload import Upload
+
+
+@runtime_checkable
+class UploadStore(Protocol):
+    """Persists upload records. The store is the authority on offsets."""
+
+    async def create(self, upload: Upload) -> None:
+        """Insert a new record; its id is new (ids are random)."""
+
+    async def get(self, upload_id: str) -> Upload:
+        """The record for ``upload_id``; raises ``UploadNotFound`` when there is none."""
+
+    async def commit(self, upload: Upload, *, expected_offset: int) -> None:
+        """Replace the record with ``upload`` if its stored offset is still ``expected_offset``.
+
+        This is the compare-and-set that makes offsets safe: raises ``OffsetMismatch`` when
+        another request committed first, ``UploadNotFound`` when the record is gone.
+        """
+
+    async def delete(self, upload_id: str) -> None:
+        """Remove the record; a missing record is not an error."""
+
+    def iter_uploads(self) -> AsyncIterator[Upload]:
+        """Every record (for expiry cleanup and orphan reports)."""
+
+
+class ChunkWriter(Protocol):
+    """Writes one request's bytes at consecutive positions from a start offset."""
+
+    async def write(self, data: bytes) -> None:
+        """Store ``data`` right after what this writer stored before."""
+
+    async def flush(self) -> None:
+        """Make every byte written so far durable (before its offset is committed)."""
+
+    async def discard(self) -> None:
+        """Drop everything this writer stored: the data ends at the start offset again."""
+
+
+@runtime_checkable
+class DataStorage(Protocol):
+    """Keeps the bytes of uploads, addressed by upload id, always written at explicit offsets."""
+
+    async def create(self, upload_id: str) -> None:
+        """Create empty data for a new upload."""
+
+    def open_writer(self, upload_id: str, offset: int) -> AbstractAsyncContextManager[ChunkWriter]:
+        """A writer starting at ``offset``.
+
+        Bytes stored beyond ``offset`` (written by a request whose offset was never committed)
+        are cut off first. Raises ``UploadNotFound`` when the data does not exist.
+        """
+
+    def read(self, upload_id: str, start: int, end: int) -> AsyncIterator[bytes]:
+        """Bytes ``start`` to ``end`` inclusive, in pieces of bounded size."""
+
+    async def delete(self, upload_id: str) -> None:
+        """Remove the data; missing data is not an error."""
+
+    def iter_ids(self) -> AsyncIterator[str]:
+        """The id of every upload that has data (for orphan reports)."""
+
+    async def md5(self, upload_id: str) -> str:
+        """Hex MD5 of the stored bytes, read in bounded pieces without blocking the loop."""
+
+
+@runtime_checkable
+class ConcatenatingStorage(Protocol):
+    """Optional: storage that can build a final upload from partial ones (concatenation)."""
+
+    async def concatenate(self, target_id: str, source_ids: tuple[str, ...]) -> None:
+        """Replace ``target_id``'s data with the sources' data, in order."""
+
+
+@runtime_checkable
+class Locker(Protocol):
+    """One writer per upload."""
+
+    def lock(self, upload_id: str) -> AbstractAsyncContextManager[None]:
+        """Hold the upload's lock for the ``async with`` block.
+
+        Raises ``UploadLocked`` when another holder keeps it past the locker's wait time.
+        """

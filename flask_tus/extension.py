@@ -1,0 +1,206 @@
+"""The Flask extension: configuration, backends, hooks and routes for one or more apps."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from flask import Flask, current_app, has_app_context
+
+from .async_models.json_store import JsonFileStore
+from .core.checksum import ALGORITHMS
+from .core.handler import TusHandler
+from .core.hooks import HOOK_NAMES, HookEvent, Hooks
+from .core.protocols import DataStorage, Locker, UploadStore
+from .core.settings import TusSettings, parse_networks
+from .core.upload import Upload
+from .storage.local import LocalStorage
+from .storage.locks import FileLocker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Every setting with its default. ``TUS_UPLOAD_DIR`` defaults to ``<instance>/tus-uploads``.
+DEFAULTS: dict[str, Any] = {
+    "TUS_UPLOAD_URL": "/files/",
+    "TUS_UPLOAD_DIR": None,
+    "TUS_MAX_SIZE": 2**32,
+    "TUS_EXPIRATION": timedelta(days=1),
+    "TUS_EXPIRE_COMPLETED": False,
+    "TUS_CHUNK_SIZE": 2**20,
+    "TUS_CHECKSUM_ALGORITHMS": ALGORITHMS,
+    "TUS_CORS_ORIGINS": "*",
+    "TUS_TRUSTED_PROXIES": (),
+    "TUS_LOCK_TIMEOUT": 0.5,
+    "TUS_FSYNC": True,
+}
+
+
+@dataclass
+class TusState:
+    """What the extension keeps per app, in ``app.extensions["tus"]``."""
+
+    extension: FlaskTus
+    handler: TusHandler
+    collection_path: str
+    upload_dir: str
+
+
+class FlaskTus:
+    """A tus 1.0.0 endpoint for a Flask app, in the Pallets extension pattern.
+
+    ``FlaskTus(app)`` or ``FlaskTus()`` then ``init_app(app)`` (application factories).
+    ``model`` picks the metadata store: ``None`` for the embedded JSON store, an object that
+    implements :class:`~flask_tus.core.protocols.UploadStore`, or a class with a
+    ``from_flask(app, db)`` classmethod (the seed's ``FlaskTus(app, model=..., db=...)``).
+    ``storage`` replaces the local-directory byte storage, ``locker`` the host-local locks.
+
+    Callbacks: override ``on_create``, ``pre_save``, ``post_save``, ``on_complete``,
+    ``pre_delete`` or ``post_delete`` in a subclass, or register functions with
+    ``@tus.hooks.on_complete`` (or ``tus.hook("on_complete")``). Each may be ``def`` or
+    ``async def`` and takes no argument or one :class:`~flask_tus.core.hooks.HookEvent`.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        model: Any = None,
+        db: Any = None,
+        *,
+        storage: DataStorage | None = None,
+        locker: Locker | None = None,
+    ) -> None:
+        self.model = model
+        self.db = db
+        self.storage = storage
+        self.locker = locker
+        self.hooks = Hooks()
+        self.app: Flask | None = None
+        # Subclass overrides run first, before functions registered by decorator.
+        for name in HOOK_NAMES:
+            if getattr(type(self), name) is not getattr(FlaskTus, name):
+                self.hooks.add(name, getattr(self, name))
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask, model: Any = None, db: Any = None) -> None:
+        """Configure ``app``: read ``TUS_*`` once, build the backends, add the routes and CLI.
+
+        Raises ``RuntimeError`` when the app already has a tus extension.
+        """
+        if "tus" in app.extensions:
+            raise RuntimeError("flask-tus is already registered on this app")
+        for key, value in DEFAULTS.items():
+            app.config.setdefault(key, value)
+        config = app.config
+        upload_dir = config["TUS_UPLOAD_DIR"] or os.path.join(app.instance_path, "tus-uploads")
+        upload_dir = os.path.abspath(os.fspath(upload_dir))
+        chunk_size = int(config["TUS_CHUNK_SIZE"])
+        settings = TusSettings(
+            max_size=config["TUS_MAX_SIZE"],
+            expiration=config["TUS_EXPIRATION"],
+            expire_completed=bool(config["TUS_EXPIRE_COMPLETED"]),
+            chunk_size=chunk_size,
+            checksum_algorithms=tuple(config["TUS_CHECKSUM_ALGORITHMS"]),
+            cors_origins=_origins(config["TUS_CORS_ORIGINS"]),
+            trusted_proxies=parse_networks(config["TUS_TRUSTED_PROXIES"]),
+            fsync=bool(config["TUS_FSYNC"]),
+        )
+        if settings.expiration is not None and not isinstance(settings.expiration, timedelta):
+            raise TypeError("TUS_EXPIRATION must be a datetime.timedelta or None")
+        handler = TusHandler(
+            store=self._make_store(app, model or self.model, db or self.db, upload_dir),
+            storage=self.storage
+            or LocalStorage(upload_dir, chunk_size=chunk_size, fsync=settings.fsync),
+            locker=self.locker or FileLocker(upload_dir, timeout=float(config["TUS_LOCK_TIMEOUT"])),
+            hooks=self.hooks,
+            settings=settings,
+        )
+        collection_path = "/" + str(config["TUS_UPLOAD_URL"]).strip("/") + "/"
+        app.extensions["tus"] = TusState(self, handler, collection_path, upload_dir)
+        if self.app is None:
+            self.app = app
+
+        from .blueprint import make_blueprint
+        from .cli import tus_cli
+
+        app.register_blueprint(make_blueprint(collection_path))
+        if "tus" not in app.cli.commands:
+            app.cli.add_command(tus_cli)
+
+    @staticmethod
+    def _make_store(app: Flask, model: Any, db: Any, upload_dir: str) -> UploadStore:
+        if model is None:
+            return JsonFileStore(upload_dir)
+        if isinstance(model, UploadStore):
+            return model
+        factory = getattr(model, "from_flask", None)
+        if callable(factory):
+            store = factory(app, db)
+            if isinstance(store, UploadStore):
+                return store
+        raise TypeError(f"model {model!r} is neither an UploadStore nor has from_flask(app, db)")
+
+    # ------------------------------------------------------------------ access
+
+    def state(self, app: Flask | None = None) -> TusState:
+        """This extension's state on ``app``, the current app, or the app it was made with."""
+        if app is None:
+            app = current_app._get_current_object() if has_app_context() else self.app  # type: ignore[attr-defined]
+        if app is None or "tus" not in app.extensions:
+            raise RuntimeError("flask-tus is not initialised on this app")
+        state: TusState = app.extensions["tus"]
+        return state
+
+    def hook(self, name: str) -> Callable[[F], F]:
+        """Decorator registering a function for hook ``name``."""
+        return lambda func: self.hooks.add(name, func)
+
+    async def get_upload(self, upload_id: str) -> Upload:
+        """The record of ``upload_id``; raises ``UploadNotFound``."""
+        return await self.state().handler.store.get(upload_id)
+
+    async def md5(self, upload: Upload | str) -> str:
+        """Hex MD5 of a finished upload (the seed's ``MD5``), saved on its record.
+
+        The file is read in ``TUS_CHUNK_SIZE`` pieces through aiofiles, so the event loop is
+        never blocked. Raises ``UploadNotFound`` for an unknown id.
+        """
+        handler = self.state().handler
+        record = await handler.store.get(upload if isinstance(upload, str) else upload.id)
+        if record.md5 is None:
+            digest = await handler.storage.md5(record.id)
+            await handler.store.commit(record.copy(md5=digest), expected_offset=record.offset)
+            return digest
+        return record.md5
+
+    # ------------------------------------------------------------------ overridable callbacks
+
+    def on_create(self, event: HookEvent) -> Any:
+        """Called before an upload is created; raise ``HookRejected`` to refuse it."""
+
+    def pre_save(self, event: HookEvent) -> Any:
+        """Called before a chunk is written; raise ``HookRejected`` to refuse it."""
+
+    def post_save(self, event: HookEvent) -> Any:
+        """Called after a chunk's offset is committed."""
+
+    def on_complete(self, event: HookEvent) -> Any:
+        """Called once, when an upload has all its bytes."""
+
+    def pre_delete(self, event: HookEvent) -> Any:
+        """Called before an upload is terminated; raise ``HookRejected`` to refuse it."""
+
+    def post_delete(self, event: HookEvent) -> Any:
+        """Called after an upload's data and record are removed."""
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """``TUS_CORS_ORIGINS``: ``"*"``, a comma-separated string, a list, or ``None``/empty."""
+    if not value:
+        return ()
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return tuple(value)
