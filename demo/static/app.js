@@ -13,6 +13,7 @@
   const statusText = document.getElementById("status");
   const uploadList = document.getElementById("uploads");
 
+  const supported = typeof tus !== "undefined" && tus.isSupported;
   let upload = null;
 
   function formatBytes(bytes) {
@@ -79,7 +80,11 @@
       onProgress: showProgress,
       onSuccess() {
         progressBar.value = 100;
-        setStatus(`Finished: ${file.name} (${formatBytes(file.size)}) is at`, "success", current.url);
+        setStatus(
+          `Finished: ${file.name} (${formatBytes(file.size)}) is at`,
+          "success",
+          current.url,
+        );
         setButtons(IDLE);
         refreshList();
       },
@@ -112,9 +117,8 @@
   function pauseUpload() {
     if (!upload) return;
     setButtons(STOPPED);
-    upload.abort().then(() => {
-      setStatus(`Paused at ${progressBar.value.toFixed(1)}%.`);
-    });
+    setStatus(`Paused at ${progressBar.value.toFixed(1)}%.`);
+    upload.abort();
   }
 
   function resumeUpload() {
@@ -164,17 +168,28 @@
   }
 
   fileInput.addEventListener("change", () => {
+    // Leave a running upload alone; otherwise forget the old (paused or
+    // failed) upload so that Resume cannot continue a file no longer chosen.
+    if (!supported || !pauseButton.disabled) return;
     const file = fileInput.files[0];
-    if (!file || !uploadButton.disabled === false) return;
+    upload = null;
+    setButtons(IDLE);
     progressBar.value = 0;
+    if (!file) {
+      setStatus("Choose a file to upload.");
+      return;
+    }
     setStatus(`Ready: ${file.name} (${formatBytes(file.size)}).`);
   });
   uploadButton.addEventListener("click", startUpload);
   pauseButton.addEventListener("click", pauseUpload);
   resumeButton.addEventListener("click", resumeUpload);
 
-  if (typeof tus === "undefined" || !tus.isSupported) {
-    setStatus("Failed: tus-js-client is not available in this browser (was static/vendor/tus.min.js built?).", "error");
+  if (!supported) {
+    setStatus(
+      "Failed: tus-js-client is not available (was static/vendor/tus.min.js built?).",
+      "error",
+    );
     setButtons({ canUpload: false, canPause: false, canResume: false });
   } else {
     setButtons(IDLE);
