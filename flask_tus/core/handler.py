@@ -202,6 +202,10 @@ class TusHandler:
             if length is not None and deferred:
                 raise errors.BadRequest("send Upload-Length or Upload-Defer-Length, not both")
             self._check_max(length)
+            announced = request.content_length
+            if length is not None and announced is not None and announced > length:
+                # creation-with-upload: refuse before anything is created.
+                raise errors.PayloadTooLarge("the body would pass Upload-Length")
             upload = Upload(
                 id=upload_id,
                 length=length,

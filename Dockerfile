@@ -1,0 +1,16 @@
+# The demo and the test suite in a container: `docker compose up`, `docker compose run app pytest tests`.
+FROM python:3.12-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends nodejs npm make \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY flask_tus ./flask_tus
+RUN pip install --no-cache-dir -e '.[mongodb,sql,asgi,dev]'
+COPY demo/package.json demo/package-lock.json ./demo/
+RUN cd demo && npm ci --no-audit --no-fund \
+    && mkdir -p static/vendor && cp node_modules/tus-js-client/dist/tus.min.js static/vendor/
+COPY . .
+ENV TUS_UPLOAD_DIR=/data/uploads
+EXPOSE 5000
+CMD ["gunicorn", "--worker-class", "gthread", "--threads", "8", "--bind", "0.0.0.0:5000", "demo.app:app"]
