@@ -14,7 +14,8 @@ from .async_models.json_store import JsonFileStore
 from .core.checksum import ALGORITHMS
 from .core.handler import TusHandler
 from .core.hooks import HOOK_NAMES, HookEvent, Hooks
-from .core.protocols import DataStorage, Locker, UploadStore
+from .core.lease import LeaseLocker
+from .core.protocols import DataStorage, LeaseStore, Locker, UploadStore
 from .core.settings import TusSettings, parse_networks
 from .core.upload import Upload
 from .storage.local import LocalStorage
@@ -34,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "TUS_CORS_ORIGINS": "*",
     "TUS_TRUSTED_PROXIES": (),
     "TUS_LOCK_TIMEOUT": 0.5,
+    "TUS_LEASE_TTL": 30.0,
     "TUS_FSYNC": True,
 }
 
@@ -110,15 +112,27 @@ class FlaskTus:
         )
         if settings.expiration is not None and not isinstance(settings.expiration, timedelta):
             raise TypeError("TUS_EXPIRATION must be a datetime.timedelta or None")
+        store = self._make_store(app, model or self.model, db or self.db, upload_dir)
+        timeout = float(config["TUS_LOCK_TIMEOUT"])
+        locker = self.locker or FileLocker(upload_dir, timeout=timeout)
+        if self.locker is None and isinstance(store, LeaseStore):
+            # A shared database may serve several hosts: the store's lease makes the lock
+            # hold across them, the file lock keeps same-host contention off the database.
+            locker = LeaseLocker(
+                store, local=locker, ttl=float(config["TUS_LEASE_TTL"]), timeout=timeout
+            )
         handler = TusHandler(
-            store=self._make_store(app, model or self.model, db or self.db, upload_dir),
+            store=store,
             storage=self.storage
             or LocalStorage(upload_dir, chunk_size=chunk_size, fsync=settings.fsync),
-            locker=self.locker or FileLocker(upload_dir, timeout=float(config["TUS_LOCK_TIMEOUT"])),
+            locker=locker,
             hooks=self.hooks,
             settings=settings,
         )
-        collection_path = "/" + str(config["TUS_UPLOAD_URL"]).strip("/") + "/"
+        # "/" must stay "/": "//<id>" in Location would name another host (a scheme-relative URL).
+        collection_path = "/" + "".join(
+            f"{part}/" for part in str(config["TUS_UPLOAD_URL"]).split("/") if part
+        )
         app.extensions["tus"] = TusState(self, handler, collection_path, upload_dir)
         if self.app is None:
             self.app = app
@@ -166,15 +180,17 @@ class FlaskTus:
         """Hex MD5 of a finished upload (the seed's ``MD5``), saved on its record.
 
         The file is read in ``TUS_CHUNK_SIZE`` pieces through aiofiles, so the event loop is
-        never blocked. Raises ``UploadNotFound`` for an unknown id.
+        never blocked. The digest of an unfinished upload covers the bytes so far and is not
+        saved (later chunks would make it stale). Raises ``UploadNotFound`` for an unknown id.
         """
         handler = self.state().handler
         record = await handler.store.get(upload if isinstance(upload, str) else upload.id)
-        if record.md5 is None:
-            digest = await handler.storage.md5(record.id)
+        if record.md5 is not None and record.is_complete:
+            return record.md5
+        digest = await handler.storage.md5(record.id)
+        if record.is_complete:
             await handler.store.commit(record.copy(md5=digest), expected_offset=record.offset)
-            return digest
-        return record.md5
+        return digest
 
     # ------------------------------------------------------------------ overridable callbacks
 

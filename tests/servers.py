@@ -64,6 +64,8 @@ class Server:
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own process group, so a kill reaches the master and its workers at once.
+            start_new_session=True,
         )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -81,10 +83,12 @@ class Server:
         """Stop the server; SIGKILL by default, as a crash would."""
         if self.process is None:
             return
-        if self.kind == "gunicorn" and sig == signal.SIGKILL:
-            # Kill the workers too: they hold the sockets and the open files.
-            subprocess.run(["pkill", "-KILL", "-P", str(self.process.pid)], check=False)
-        self.process.send_signal(sig)
+        if sig == signal.SIGKILL:
+            # The whole group at once: a master killed alone would leave its workers serving,
+            # and workers killed alone would be respawned.
+            os.killpg(self.process.pid, signal.SIGKILL)
+        else:
+            self.process.send_signal(sig)
         self.process.wait(timeout=30)
         if self.process.stderr:
             self.process.stderr.close()

@@ -8,6 +8,7 @@ place that maps outcomes to HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -37,7 +38,7 @@ from .headers import (
 from .hooks import HookEvent, Hooks, RequestInfo
 from .ids import is_valid_id, new_id
 from .messages import TusRequest, TusResponse
-from .protocols import ConcatenatingStorage, DataStorage, Locker, UploadStore
+from .protocols import ConcatenatingStorage, DataStorage, Locker, LockHandle, UploadStore
 from .settings import TusSettings
 from .upload import Upload
 
@@ -117,6 +118,8 @@ class TusHandler:
         override = request.headers.get("x-http-method-override")
         if method == "POST" and override and override.strip().upper() in _OVERRIDABLE:
             method = override.strip().upper()
+            # Hooks and everything below see the method the client meant.
+            request = dataclasses.replace(request, method=method)
         try:
             response = await self._dispatch(method, request)
         except errors.TusError as exc:
@@ -203,9 +206,14 @@ class TusHandler:
                 raise errors.BadRequest("send Upload-Length or Upload-Defer-Length, not both")
             self._check_max(length)
             announced = request.content_length
-            if length is not None and announced is not None and announced > length:
+            limit = length if length is not None else self.settings.max_size
+            if limit is not None and announced is not None and announced > limit:
                 # creation-with-upload: refuse before anything is created.
-                raise errors.PayloadTooLarge("the body would pass Upload-Length")
+                raise errors.PayloadTooLarge(
+                    "the body would pass Upload-Length"
+                    if length is not None
+                    else "the body would pass the maximum upload size"
+                )
             upload = Upload(
                 id=upload_id,
                 length=length,
@@ -224,12 +232,22 @@ class TusHandler:
         response_headers = {"Location": self._location(request, upload_id)}
         if upload.concat == "final":
             upload = await self._try_assemble(upload, request)
-        elif upload.length == 0:
+        elif upload.length == 0 and not request.has_body:
             upload = await self._complete_empty(upload, request)
         elif request.has_body:
-            # creation-with-upload: the body is the first chunk, at offset 0.
-            async with self.locker.lock(upload_id):
-                upload, received = await self._write_chunk(upload, request, 0, None)
+            # creation-with-upload: the body is the first chunk, at offset 0. With
+            # Upload-Length: 0 any byte of it is refused (413) rather than silently dropped.
+            try:
+                async with self.locker.lock(upload_id) as held:
+                    upload, received = await self._write_chunk(upload, request, held, 0, None)
+            except errors.TusError:
+                # A refused first chunk (too long, checksum mismatch, pre_save rejection) gets
+                # no Location, so nobody could ever resume this upload: leave nothing behind.
+                await self.remove(upload_id)
+                raise
+            if upload.length == 0 and not upload.is_complete:
+                # A chunked body that turned out empty: the upload is complete at once.
+                upload = await self._complete_empty(upload, request)
             response_headers["Upload-Offset"] = str(upload.offset)
             if received.disconnected:
                 raise errors.ClientDisconnected()
@@ -291,10 +309,10 @@ class TusHandler:
         upload = await self._get_live(upload_id)
         if upload.concat == "final":
             raise errors.Forbidden("a final upload cannot be patched")
-        async with self.locker.lock(upload_id):
+        async with self.locker.lock(upload_id) as held:
             # Re-read under the lock: the record may have moved while we waited.
             upload = await self._get_live(upload_id)
-            upload, received = await self._write_chunk(upload, request, offset, new_length)
+            upload, received = await self._write_chunk(upload, request, held, offset, new_length)
         if received.disconnected:
             raise errors.ClientDisconnected()
         response_headers = {"Upload-Offset": str(upload.offset)}
@@ -302,7 +320,12 @@ class TusHandler:
         return TusResponse(204, response_headers)
 
     async def _write_chunk(
-        self, upload: Upload, request: TusRequest, offset: int, new_length: int | None
+        self,
+        upload: Upload,
+        request: TusRequest,
+        held: LockHandle,
+        offset: int,
+        new_length: int | None,
     ) -> tuple[Upload, _Received]:
         """Write the request body at ``offset`` and commit the new offset.
 
@@ -337,7 +360,9 @@ class TusHandler:
 
         staged = upload.copy(length=length)
         await self.hooks.run("pre_save", self._event("pre_save", staged, request))
-        received = await self._receive(upload.id, request, offset, limit, checksum)
+        received = await self._receive(
+            upload.id, request, held=held, offset=offset, limit=limit, checksum=checksum
+        )
 
         new_offset = offset + received.count
         if new_offset == offset and length == upload.length:
@@ -357,19 +382,30 @@ class TusHandler:
         self,
         upload_id: str,
         request: TusRequest,
+        *,
+        held: LockHandle,
         offset: int,
         limit: int | None,
         checksum: Checksum | None,
     ) -> _Received:
+        """Stream the body to storage at ``offset`` and flush it; nothing is committed here.
+
+        Ends early, keeping what arrived, when the client disconnects or a newer request for
+        this upload asks us to let go. A body with ``Upload-Checksum`` is all or nothing.
+        """
         room = None if limit is None else limit - offset
         hasher: Hasher | None = new_hasher(checksum.algorithm) if checksum else None
         count = 0
         disconnected = False
+        stopped = False
         async with self.storage.open_writer(upload_id, offset) as writer:
             try:
                 async for piece in request.body:
                     if not piece:
                         continue
+                    if held.stop_requested():
+                        stopped = True
+                        break
                     if room is not None and count + len(piece) > room:
                         await writer.discard()
                         raise errors.PayloadTooLarge("the body would pass Upload-Length")
@@ -381,13 +417,13 @@ class TusHandler:
                 disconnected = True
             # Some servers report a dropped client as a silent end of body: compare with the
             # announced length.
-            if request.content_length is not None and count < request.content_length:
-                disconnected = True
+            if not stopped and request.content_length is not None:
+                disconnected = disconnected or count < request.content_length
             if checksum is not None and hasher is not None:
                 # A checksum covers the whole body: a cut-off body cannot be verified.
-                if disconnected:
+                if disconnected or stopped:
                     await writer.discard()
-                    return _Received(0, True)
+                    return _Received(0, disconnected)
                 if not hmac.compare_digest(hasher.digest(), checksum.digest):
                     await writer.discard()
                     raise errors.ChecksumMismatch()

@@ -86,12 +86,49 @@ class ConcatenatingStorage(Protocol):
         """Replace ``target_id``'s data with the sources' data, in order."""
 
 
+class LockHandle(Protocol):
+    """What the holder of an upload's lock sees while it holds it."""
+
+    def stop_requested(self) -> bool:
+        """True once a newer request for the same upload asked this holder to finish early.
+
+        A writer that sees it stops reading its body, commits what arrived and lets go, so a
+        client that reconnected after a network failure is not locked out by its own old request
+        (decision 6 of the design). Cheap enough to call between body pieces.
+        """
+
+
 @runtime_checkable
 class Locker(Protocol):
     """One writer per upload."""
 
-    def lock(self, upload_id: str) -> AbstractAsyncContextManager[None]:
+    def lock(self, upload_id: str) -> AbstractAsyncContextManager[LockHandle]:
         """Hold the upload's lock for the ``async with`` block.
 
-        Raises ``UploadLocked`` when another holder keeps it past the locker's wait time.
+        While waiting, the locker asks the current holder to stop (see
+        :meth:`LockHandle.stop_requested`). Raises ``UploadLocked`` when the holder keeps the
+        lock past the locker's wait time.
         """
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """Optional: a store that keeps a per-upload lease, for one writer across hosts.
+
+    The lease lives in the upload's record: an owner, an expiry, and a release request. Every
+    call is atomic in the store (a single conditional update).
+    """
+
+    async def acquire_lease(self, upload_id: str, owner: str, ttl: float) -> bool:
+        """Give ``owner`` the lease until ``ttl`` seconds from now when it is free, expired or
+        already ``owner``'s (which renews it); clears a pending release request when taken.
+        False when another owner holds it. Raises ``UploadNotFound`` for an unknown upload."""
+
+    async def release_lease(self, upload_id: str, owner: str) -> None:
+        """Free the lease if ``owner`` holds it; otherwise do nothing."""
+
+    async def request_release(self, upload_id: str) -> None:
+        """Ask whoever holds the lease to finish early and let go."""
+
+    async def release_requested(self, upload_id: str, owner: str) -> bool:
+        """Whether a release was requested while ``owner`` holds the lease."""

@@ -1,0 +1,284 @@
+"""``flask tus delete-expired``: expiry cleanup, dry runs, orphans and busy uploads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import Result
+from conftest import TUS, create, patch_headers
+from flask import Flask
+
+from flask_tus.core.errors import UploadNotFound
+from flask_tus.core.ids import new_id
+
+
+def upload_id_of(location: str) -> str:
+    return location.rsplit("/", 1)[-1]
+
+
+def run(app: Flask, *args: str) -> Result:
+    result = app.test_cli_runner().invoke(args=["tus", *args])
+    assert result.exception is None, result.output
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def expire(app: Flask, upload_id: str) -> None:
+    """Move the record's ``expires_at`` one hour into the past, through the store."""
+    store = app.extensions["tus"].handler.store
+
+    async def rewrite() -> None:
+        upload = await store.get(upload_id)
+        past = upload.created_at - timedelta(hours=1)
+        await store.commit(upload.copy(expires_at=past), expected_offset=upload.offset)
+
+    asyncio.run(rewrite())
+
+
+def exists(app: Flask, upload_id: str) -> bool:
+    """Whether the store still has the record."""
+    store = app.extensions["tus"].handler.store
+    try:
+        asyncio.run(store.get(upload_id))
+    except UploadNotFound:
+        return False
+    return True
+
+
+def new_upload(app: Flask, data: bytes = b"", length: int = 10) -> str:
+    client = app.test_client()
+    location = create(client, length=length)
+    if data:
+        assert client.patch(location, data=data, headers=patch_headers(0)).status_code == 204
+    return upload_id_of(location)
+
+
+@pytest.fixture
+def cli_app(make_app: Any) -> Flask:
+    app: Flask = make_app(TUS_LOCK_TIMEOUT=0.05)[0]
+    return app
+
+
+def test_expired_uploads_are_removed_with_their_data(cli_app: Flask, upload_dir: Path) -> None:
+    """Expired uploads lose record and data together; live ones stay; the count is printed."""
+    stale = new_upload(cli_app, b"abc")
+    stale_empty = new_upload(cli_app)
+    live = new_upload(cli_app, b"xyz")
+    expire(cli_app, stale)
+    expire(cli_app, stale_empty)
+
+    result = run(cli_app, "delete-expired")
+
+    assert f"deleted expired upload {stale}" in result.output
+    assert f"deleted expired upload {stale_empty}" in result.output
+    assert live not in result.output
+    assert "deleted 2 expired" in result.output
+    for gone in (stale, stale_empty):
+        assert not exists(cli_app, gone)
+        assert not (upload_dir / gone).exists()
+        assert not (upload_dir / f"{gone}.json").exists()
+    assert exists(cli_app, live)
+    assert (upload_dir / live).read_bytes() == b"xyz"
+    head = cli_app.test_client().head(f"/files/{stale}", headers=TUS)
+    assert head.status_code in (404, 410)
+
+
+def test_dry_run_removes_nothing_and_says_what_it_would_delete(
+    cli_app: Flask, upload_dir: Path
+) -> None:
+    """``--dry-run`` lists the expired uploads as "would delete" and leaves every file."""
+    stale = new_upload(cli_app, b"abc")
+    new_upload(cli_app)
+    expire(cli_app, stale)
+    before = sorted(p.name for p in upload_dir.iterdir())
+
+    result = run(cli_app, "delete-expired", "--dry-run")
+
+    assert f"would delete expired upload {stale}" in result.output
+    assert "would delete 1 expired" in result.output
+    assert "deleted" not in result.output.replace("would delete", "")
+    assert sorted(p.name for p in upload_dir.iterdir()) == before
+    assert exists(cli_app, stale)
+    # The real run afterwards still finds it.
+    assert f"deleted expired upload {stale}" in run(cli_app, "delete-expired").output
+
+
+def test_nothing_to_do_prints_zero_counts(cli_app: Flask) -> None:
+    """With nothing expired, nothing is deleted and the summary says 0."""
+    upload_id = new_upload(cli_app, b"abc")
+    result = run(cli_app, "delete-expired")
+    assert "deleted 0 expired, skipped 0 in use, 0 orphan data, 0 orphan records" in result.output
+    assert exists(cli_app, upload_id)
+
+
+def test_finished_uploads_do_not_expire_by_default(cli_app: Flask, upload_dir: Path) -> None:
+    """A finished upload past its expiry is kept unless ``TUS_EXPIRE_COMPLETED`` is set."""
+    done = new_upload(cli_app, b"0123456789", length=10)
+    expire(cli_app, done)
+    result = run(cli_app, "delete-expired")
+    assert "deleted 0 expired" in result.output
+    assert exists(cli_app, done)
+    assert (upload_dir / done).read_bytes() == b"0123456789"
+
+
+def test_finished_uploads_expire_when_configured(make_app: Any, upload_dir: Path) -> None:
+    """With ``TUS_EXPIRE_COMPLETED = True`` a finished upload past its expiry is removed."""
+    app, _ = make_app(TUS_EXPIRE_COMPLETED=True)
+    done = new_upload(app, b"0123456789", length=10)
+    expire(app, done)
+    result = run(app, "delete-expired")
+    assert f"deleted expired upload {done}" in result.output
+    assert "deleted 1 expired" in result.output
+    assert not exists(app, done)
+    assert not (upload_dir / done).exists()
+
+
+def test_uploads_without_expiry_are_kept(make_app: Any) -> None:
+    """With ``TUS_EXPIRATION = None`` records carry no expiry and the sweep never removes them."""
+    app, _ = make_app(TUS_EXPIRATION=None)
+    upload_id = new_upload(app, b"abc")
+    assert "deleted 0 expired" in run(app, "delete-expired").output
+    assert exists(app, upload_id)
+
+
+def test_orphans_are_reported_and_kept(cli_app: Flask, upload_dir: Path) -> None:
+    """Data without a record and a record without data are reported, never deleted."""
+    orphan_data = new_id()
+    (upload_dir / orphan_data).write_bytes(b"lost bytes")
+    orphan_record = new_upload(cli_app, b"abc")
+    (upload_dir / orphan_record).unlink()
+    normal = new_upload(cli_app, b"abc")
+
+    for args in (("delete-expired",), ("delete-expired", "--dry-run")):
+        result = run(cli_app, *args)
+        assert f"orphan data without a record: {orphan_data}" in result.output
+        assert f"orphan record without data: {orphan_record}" in result.output
+        assert "1 orphan data, 1 orphan records" in result.output
+        assert normal not in result.output
+
+    assert (upload_dir / orphan_data).read_bytes() == b"lost bytes"
+    assert exists(cli_app, orphan_record)
+
+
+def test_expired_record_without_data_is_removed_not_reported(
+    cli_app: Flask, upload_dir: Path
+) -> None:
+    """An expired record whose data is already gone is removed, not reported as an orphan."""
+    upload_id = new_upload(cli_app, b"abc")
+    (upload_dir / upload_id).unlink()
+    expire(cli_app, upload_id)
+    result = run(cli_app, "delete-expired")
+    assert f"deleted expired upload {upload_id}" in result.output
+    assert "orphan record" not in result.output.replace("0 orphan records", "")
+    assert not exists(cli_app, upload_id)
+
+
+@contextmanager
+def held_lock(app: Flask, upload_id: str) -> Iterator[None]:
+    """Hold ``upload_id``'s lock from another thread (on its own event loop) for the block."""
+    locker = app.extensions["tus"].handler.locker
+    locked, release = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    async def hold() -> None:
+        async with locker.lock(upload_id):
+            locked.set()
+            await asyncio.to_thread(release.wait, 30)
+
+    def target() -> None:
+        try:
+            asyncio.run(hold())
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+            locked.set()
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    try:
+        assert locked.wait(30)
+        assert not errors, errors
+        yield
+    finally:
+        release.set()
+        thread.join(30)
+    assert not errors, errors
+
+
+def test_upload_in_use_is_skipped(cli_app: Flask, upload_dir: Path) -> None:
+    """An expired upload whose lock is held is skipped as "in use" and keeps its files."""
+    busy = new_upload(cli_app, b"abc")
+    idle = new_upload(cli_app, b"def")
+    expire(cli_app, busy)
+    expire(cli_app, idle)
+
+    with held_lock(cli_app, busy):
+        result = run(cli_app, "delete-expired")
+
+    assert f"skipped expired upload {busy}: in use" in result.output
+    assert f"deleted expired upload {idle}" in result.output
+    assert "deleted 1 expired, skipped 1 in use" in result.output
+    assert exists(cli_app, busy)
+    assert (upload_dir / busy).read_bytes() == b"abc"
+
+    # Once the lock is free, the next sweep removes it.
+    again = run(cli_app, "delete-expired")
+    assert f"deleted expired upload {busy}" in again.output
+    assert not exists(cli_app, busy)
+    assert not (upload_dir / busy).exists()
+
+
+def test_counts_of_a_mixed_sweep(cli_app: Flask, upload_dir: Path) -> None:
+    """The summary counts deleted, in-use and orphan uploads of one sweep."""
+    expired = [new_upload(cli_app, b"a") for _ in range(3)]
+    for upload_id in expired:
+        expire(cli_app, upload_id)
+    busy = new_upload(cli_app)
+    expire(cli_app, busy)
+    (upload_dir / new_id()).write_bytes(b"")
+    (upload_dir / new_id()).write_bytes(b"x")
+    without_data = new_upload(cli_app)
+    (upload_dir / without_data).unlink()
+
+    with held_lock(cli_app, busy):
+        result = run(cli_app, "delete-expired")
+    assert result.output.strip().splitlines()[-1] == (
+        "deleted 3 expired, skipped 1 in use, 2 orphan data, 1 orphan records"
+    )
+
+
+def test_seed_spelling_delete_expired(cli_app: Flask, upload_dir: Path) -> None:
+    """``flask tus delete_expired`` (the seed's spelling) does the same work."""
+    stale = new_upload(cli_app, b"abc")
+    expire(cli_app, stale)
+    dry = run(cli_app, "delete_expired", "--dry-run")
+    assert f"would delete expired upload {stale}" in dry.output
+    assert exists(cli_app, stale)
+    result = run(cli_app, "delete_expired")
+    assert f"deleted expired upload {stale}" in result.output
+    assert not exists(cli_app, stale)
+    assert not (upload_dir / stale).exists()
+
+
+def test_command_runs_its_own_event_loop_each_time(cli_app: Flask) -> None:
+    """From plain sync code, with no loop running, the command works and works again."""
+    with pytest.raises(RuntimeError):
+        asyncio.get_running_loop()
+    for _ in range(3):
+        stale = new_upload(cli_app, b"abc")
+        expire(cli_app, stale)
+        assert "deleted 1 expired" in run(cli_app, "delete-expired").output
+        assert not exists(cli_app, stale)
+
+
+def test_group_help_lists_the_command(cli_app: Flask) -> None:
+    """``flask tus --help`` lists ``delete-expired``."""
+    result = cli_app.test_cli_runner().invoke(args=["tus", "--help"])
+    assert result.exit_code == 0
+    assert "delete-expired" in result.output

@@ -1,0 +1,475 @@
+"""The Flask extension: Pallets pattern, the seed's settings and call shapes, the public names."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import OCTET, TUS, create, patch_headers
+from flask import Flask
+from flask.testing import FlaskClient
+
+import flask_tus
+from flask_tus import FlaskTus, Upload
+from flask_tus.async_models.json_store import JsonFileStore
+from flask_tus.core.protocols import UploadStore
+from flask_tus.extension import TusState
+from flask_tus.storage.local import LocalStorage, LocalWriter
+
+
+def upload_id_of(location: str) -> str:
+    return location.rsplit("/", 1)[-1]
+
+
+def record(app: Flask, upload_id: str) -> Upload:
+    """The stored record, read through the app's store on a private event loop."""
+    return asyncio.run(app.extensions["tus"].handler.store.get(upload_id))
+
+
+def new_app(upload_dir: Path, **config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config["TESTING"] = True
+    app.config["TUS_UPLOAD_DIR"] = str(upload_dir)
+    app.config.update(config)
+    return app
+
+
+# ---------------------------------------------------------------------- public names
+
+
+def test_all_is_pinned() -> None:
+    """``flask_tus.__all__`` is exactly the documented public names, each importable."""
+    assert flask_tus.__all__ == [
+        "FlaskTus",
+        "HookEvent",
+        "HookRejected",
+        "RequestInfo",
+        "TusError",
+        "TusSettings",
+        "Upload",
+    ]
+    for name in flask_tus.__all__:
+        assert getattr(flask_tus, name) is not None
+
+
+# ---------------------------------------------------------------------- Pallets pattern
+
+
+def test_direct_registration_keeps_state_in_app_extensions(upload_dir: Path) -> None:
+    """``FlaskTus(app)`` registers at once and keeps its state in ``app.extensions["tus"]``."""
+    app = new_app(upload_dir)
+    tus = FlaskTus(app)
+    state = app.extensions["tus"]
+    assert isinstance(state, TusState)
+    assert state.extension is tus
+    assert state.upload_dir == str(upload_dir)
+    assert tus.state(app) is state
+    assert tus.state() is state
+    response = app.test_client().options("/files/")
+    assert response.status_code == 204
+
+
+def test_application_factory_serves_several_apps(tmp_path: Path) -> None:
+    """``FlaskTus()`` then ``init_app`` works for several apps, each with its own state."""
+    tus = FlaskTus()
+    first_dir, second_dir = tmp_path / "one", tmp_path / "two"
+    first = new_app(first_dir)
+    second = new_app(second_dir, TUS_UPLOAD_URL="/other/")
+    tus.init_app(first)
+    tus.init_app(second)
+
+    assert first.extensions["tus"].extension is tus
+    assert second.extensions["tus"].extension is tus
+    assert first.extensions["tus"].handler is not second.extensions["tus"].handler
+    with first.app_context():
+        assert tus.state() is first.extensions["tus"]
+    with second.app_context():
+        assert tus.state() is second.extensions["tus"]
+
+    one = upload_id_of(create(first.test_client()))
+    location = second.test_client().post("/other/", headers={**TUS, "Upload-Length": "3"})
+    assert location.status_code == 201
+    two = upload_id_of(location.headers["Location"])
+    assert (first_dir / one).exists() and not (second_dir / one).exists()
+    assert (second_dir / two).exists() and not (first_dir / two).exists()
+
+
+def test_state_outside_any_app_is_an_error() -> None:
+    """An extension never initialised has no state: ``RuntimeError``, not ``None``."""
+    with pytest.raises(RuntimeError):
+        FlaskTus().state()
+
+
+def test_second_registration_on_the_same_app_raises(upload_dir: Path) -> None:
+    """Registering twice on one app is a clear ``RuntimeError`` and keeps the first state."""
+    app = new_app(upload_dir)
+    tus = FlaskTus(app)
+    state = app.extensions["tus"]
+    with pytest.raises(RuntimeError):
+        FlaskTus(app)
+    with pytest.raises(RuntimeError):
+        tus.init_app(app)
+    assert app.extensions["tus"] is state
+
+
+def test_defaults_are_documented_in_config(upload_dir: Path) -> None:
+    """``init_app`` fills unset ``TUS_*`` keys with their defaults and keeps the ones set."""
+    app = new_app(upload_dir, TUS_MAX_SIZE=1234)
+    FlaskTus(app)
+    assert app.config["TUS_UPLOAD_URL"] == "/files/"
+    assert app.config["TUS_EXPIRATION"] == timedelta(days=1)
+    assert app.config["TUS_MAX_SIZE"] == 1234
+
+
+def test_upload_dir_defaults_to_the_instance_folder(tmp_path: Path) -> None:
+    """Without ``TUS_UPLOAD_DIR`` the data goes to ``<instance>/tus-uploads``."""
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config["TESTING"] = True
+    FlaskTus(app)
+    upload_id = upload_id_of(create(app.test_client()))
+    assert (tmp_path / "instance" / "tus-uploads" / upload_id).exists()
+
+
+# ---------------------------------------------------------------------- TUS_UPLOAD_URL
+
+
+@pytest.mark.parametrize(
+    ("setting", "base"),
+    [
+        (None, "/files"),
+        ("/uploads/", "/uploads"),
+        ("/uploads", "/uploads"),
+        ("api/tus", "/api/tus"),
+    ],
+)
+def test_collection_answers_with_and_without_slash(
+    upload_dir: Path, setting: str | None, base: str
+) -> None:
+    """The collection URL answers POST and OPTIONS at ``/x`` and ``/x/`` alike, no redirect."""
+    config = {} if setting is None else {"TUS_UPLOAD_URL": setting}
+    app = new_app(upload_dir, **config)
+    FlaskTus(app)
+    client = app.test_client()
+    for url in (base, base + "/"):
+        options = client.options(url)
+        assert options.status_code == 204, url
+        assert "Tus-Version" in options.headers
+        created = client.post(url, headers={**TUS, "Upload-Length": "4"})
+        assert created.status_code == 201, (url, created.status_code)
+        location = created.headers["Location"]
+        assert location.startswith(base + "/")
+        upload_id = upload_id_of(location)
+        head = client.head(location, headers=TUS)
+        assert head.status_code == 200
+        assert (upload_dir / upload_id).exists()
+
+
+def test_collection_at_the_root(upload_dir: Path) -> None:
+    """``TUS_UPLOAD_URL = "/"`` serves at the root with ``Location: /<id>``, never ``//<id>``
+    (which a client would read as a URL on another host)."""
+    app = new_app(upload_dir, TUS_UPLOAD_URL="/")
+    FlaskTus(app)
+    client = app.test_client()
+    created = client.post("/", headers={**TUS, "Upload-Length": "2"})
+    assert created.status_code == 201
+    location = created.headers["Location"]
+    assert location == "/" + upload_id_of(location)
+    assert client.patch(location, data=b"ok", headers=patch_headers(0)).status_code == 204
+    assert client.get(location).data == b"ok"
+
+
+def test_default_url_does_not_serve_a_custom_collection(upload_dir: Path) -> None:
+    """With ``TUS_UPLOAD_URL = "/uploads/"`` the endpoint is not also at ``/files/``."""
+    app = new_app(upload_dir, TUS_UPLOAD_URL="/uploads/")
+    FlaskTus(app)
+    response = app.test_client().post("/files/", headers={**TUS, "Upload-Length": "4"})
+    assert response.status_code == 404
+
+
+# ---------------------------------------------------------------------- TUS_UPLOAD_DIR
+
+
+def test_upload_dir_receives_data_and_records(tmp_path: Path) -> None:
+    """``TUS_UPLOAD_DIR`` holds each upload's bytes (``<id>``) and record (``<id>.json``)."""
+    target = tmp_path / "somewhere" / "else"
+    app = new_app(target)
+    FlaskTus(app)
+    client = app.test_client()
+    location = create(client, length=5)
+    response = client.patch(location, data=b"hello", headers=patch_headers(0))
+    assert response.status_code == 204
+    upload_id = upload_id_of(location)
+    assert (target / upload_id).read_bytes() == b"hello"
+    stored = json.loads((target / f"{upload_id}.json").read_text())
+    assert stored["offset"] == 5
+
+
+# ---------------------------------------------------------------------- TUS_MAX_SIZE
+
+
+def test_max_size_is_advertised_and_enforced(make_app: Any) -> None:
+    """``TUS_MAX_SIZE`` gives ``Tus-Max-Size`` and a 413 above it; the limit itself is fine."""
+    app, _ = make_app(TUS_MAX_SIZE=100)
+    client = app.test_client()
+    assert client.options("/files/").headers["Tus-Max-Size"] == "100"
+    too_big = client.post("/files/", headers={**TUS, "Upload-Length": "101"})
+    assert too_big.status_code == 413
+    assert client.post("/files/", headers={**TUS, "Upload-Length": "100"}).status_code == 201
+
+
+def test_max_size_none_means_no_limit(make_app: Any) -> None:
+    """``TUS_MAX_SIZE = None``: no ``Tus-Max-Size`` header and no size refusal."""
+    app, _ = make_app(TUS_MAX_SIZE=None)
+    client = app.test_client()
+    assert "Tus-Max-Size" not in client.options("/files/").headers
+    big = client.post("/files/", headers={**TUS, "Upload-Length": str(2**40)})
+    assert big.status_code == 201
+
+
+# ---------------------------------------------------------------------- TUS_EXPIRATION
+
+
+def test_expiration_gives_upload_expires(make_app: Any) -> None:
+    """``TUS_EXPIRATION`` (a timedelta) sets ``Upload-Expires`` = creation + expiration."""
+    expiration = timedelta(hours=3)
+    app, _ = make_app(TUS_EXPIRATION=expiration)
+    client = app.test_client()
+    assert "expiration" in client.options("/files/").headers["Tus-Extension"].split(",")
+    response = client.post("/files/", headers={**TUS, "Upload-Length": "10"})
+    assert response.status_code == 201
+    stored = record(app, upload_id_of(response.headers["Location"]))
+    assert stored.expires_at == stored.created_at + expiration
+    announced = parsedate_to_datetime(response.headers["Upload-Expires"])
+    # An HTTP-date has whole seconds: the header is the expiry truncated to the second.
+    assert timedelta(0) <= stored.expires_at - announced < timedelta(seconds=1)
+    patched = client.patch(response.headers["Location"], data=b"abc", headers=patch_headers(0))
+    assert patched.headers["Upload-Expires"] == response.headers["Upload-Expires"]
+
+
+def test_expiration_none_disables_expiry(make_app: Any) -> None:
+    """``TUS_EXPIRATION = None``: no ``Upload-Expires`` anywhere, no ``expiration`` extension."""
+    app, _ = make_app(TUS_EXPIRATION=None)
+    client = app.test_client()
+    extensions = client.options("/files/").headers["Tus-Extension"].split(",")
+    assert "expiration" not in extensions
+    assert "creation" in extensions
+    created = client.post("/files/", headers={**TUS, "Upload-Length": "10"})
+    assert "Upload-Expires" not in created.headers
+    location = created.headers["Location"]
+    assert "Upload-Expires" not in client.head(location, headers=TUS).headers
+    assert (
+        "Upload-Expires" not in client.patch(location, data=b"ab", headers=patch_headers(0)).headers
+    )
+    assert record(app, upload_id_of(location)).expires_at is None
+
+
+@pytest.mark.parametrize("value", [3600, "1 day", 1.5])
+def test_expiration_of_another_type_is_a_type_error(upload_dir: Path, value: Any) -> None:
+    """A ``TUS_EXPIRATION`` that is neither a timedelta nor ``None`` raises ``TypeError``."""
+    app = new_app(upload_dir, TUS_EXPIRATION=value)
+    with pytest.raises(TypeError):
+        FlaskTus(app)
+    assert "tus" not in app.extensions
+
+
+# ---------------------------------------------------------------------- TUS_CHUNK_SIZE
+
+
+class RecordingStorage(LocalStorage):
+    """Local storage that remembers the size of every piece handed to its writers."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory, fsync=False)
+        self.pieces: list[int] = []
+
+    @asynccontextmanager
+    async def open_writer(self, upload_id: str, offset: int) -> Any:
+        async with super().open_writer(upload_id, offset) as writer:
+            yield _Recorder(writer, self.pieces)
+
+
+class _Recorder:
+    def __init__(self, writer: LocalWriter, pieces: list[int]) -> None:
+        self._writer = writer
+        self._pieces = pieces
+
+    async def write(self, data: bytes) -> None:
+        self._pieces.append(len(data))
+        await self._writer.write(data)
+
+    async def flush(self) -> None:
+        await self._writer.flush()
+
+    async def discard(self) -> None:
+        await self._writer.discard()
+
+
+def test_chunk_size_bounds_body_pieces(upload_dir: Path) -> None:
+    """``TUS_CHUNK_SIZE`` is the size of the pieces a PATCH body is read and stored in."""
+    storage = RecordingStorage(upload_dir)
+    app = new_app(upload_dir, TUS_CHUNK_SIZE=4)
+    FlaskTus(app, storage=storage)
+    client = app.test_client()
+    location = create(client, length=10)
+    response = client.patch(location, data=b"0123456789", headers=patch_headers(0))
+    assert response.status_code == 204
+    assert storage.pieces == [4, 4, 2]
+    assert (upload_dir / upload_id_of(location)).read_bytes() == b"0123456789"
+
+
+def test_chunk_size_reaches_settings_and_default_storage(make_app: Any) -> None:
+    """``TUS_CHUNK_SIZE`` configures the handler and the default local storage."""
+    app, _ = make_app(TUS_CHUNK_SIZE=12345)
+    handler = app.extensions["tus"].handler
+    assert handler.settings.chunk_size == 12345
+    assert isinstance(handler.storage, LocalStorage)
+    assert handler.storage.chunk_size == 12345
+
+
+# ---------------------------------------------------------------------- model=..., db=...
+
+
+def test_model_may_be_a_store_instance(tmp_path: Path, upload_dir: Path) -> None:
+    """``FlaskTus(app, model=store)`` keeps records in that store, data in ``TUS_UPLOAD_DIR``."""
+    records = tmp_path / "records"
+    store = JsonFileStore(records)
+    app = new_app(upload_dir)
+    FlaskTus(app, model=store, db=None)
+    assert app.extensions["tus"].handler.store is store
+    client = app.test_client()
+    location = create(client, length=3)
+    client.patch(location, data=b"abc", headers=patch_headers(0))
+    upload_id = upload_id_of(location)
+    assert (records / f"{upload_id}.json").exists()
+    assert not (upload_dir / f"{upload_id}.json").exists()
+    assert (upload_dir / upload_id).read_bytes() == b"abc"
+    assert asyncio.run(store.get(upload_id)).offset == 3
+
+
+def test_model_may_be_a_class_with_from_flask(tmp_path: Path, upload_dir: Path) -> None:
+    """The seed's ``FlaskTus(app, model=Model, db=db)``: ``Model.from_flask(app, db)`` builds
+    the store and receives both the app and ``db``."""
+    calls: list[tuple[Flask, object]] = []
+    db = object()
+
+    class Model:
+        @classmethod
+        def from_flask(cls, app: Flask, given_db: object) -> JsonFileStore:
+            calls.append((app, given_db))
+            return JsonFileStore(tmp_path / "model-records")
+
+    app = new_app(upload_dir)
+    FlaskTus(app, model=Model, db=db)
+    assert calls == [(app, db)]
+    upload_id = upload_id_of(create(app.test_client()))
+    assert (tmp_path / "model-records" / f"{upload_id}.json").exists()
+
+
+def test_model_and_db_may_be_given_to_init_app(tmp_path: Path, upload_dir: Path) -> None:
+    """``init_app(app, model=..., db=...)`` works like the constructor's arguments."""
+    received: list[object] = []
+
+    class Model:
+        @staticmethod
+        def from_flask(app: Flask, db: object) -> JsonFileStore:
+            received.append(db)
+            return JsonFileStore(tmp_path / "late")
+
+    tus = FlaskTus()
+    app = new_app(upload_dir)
+    tus.init_app(app, model=Model, db="the-db")
+    assert received == ["the-db"]
+    assert isinstance(app.extensions["tus"].handler.store, JsonFileStore)
+
+
+@pytest.mark.parametrize("model", [object(), "mongo", 42])
+def test_model_that_is_no_store_is_a_type_error(upload_dir: Path, model: object) -> None:
+    """A ``model`` that is neither an ``UploadStore`` nor has ``from_flask`` is a ``TypeError``."""
+    with pytest.raises(TypeError):
+        FlaskTus(new_app(upload_dir), model=model)
+
+
+def test_from_flask_returning_no_store_is_a_type_error(upload_dir: Path) -> None:
+    """``from_flask`` must return an ``UploadStore``; anything else is a ``TypeError``."""
+
+    class Model:
+        @classmethod
+        def from_flask(cls, app: Flask, db: object) -> object:
+            return {"not": "a store"}
+
+    with pytest.raises(TypeError):
+        FlaskTus(new_app(upload_dir), model=Model)
+
+
+def test_default_model_is_the_json_store(make_app: Any) -> None:
+    """Without ``model`` the records go to the embedded JSON store."""
+    app, _ = make_app()
+    store = app.extensions["tus"].handler.store
+    assert isinstance(store, JsonFileStore)
+    assert isinstance(store, UploadStore)
+
+
+# ---------------------------------------------------------------------- md5
+
+
+def _upload(client: FlaskClient, data: bytes, piece: int) -> str:
+    """Create an upload and send ``data`` in PATCHes of ``piece`` bytes; return its id."""
+    location = create(client, length=len(data))
+    for start in range(0, len(data), piece):
+        response = client.patch(
+            location,
+            data=data[start : start + piece],
+            headers={**TUS, "Upload-Offset": str(start), "Content-Type": OCTET},
+        )
+        assert response.status_code == 204
+    return upload_id_of(location)
+
+
+async def test_md5_of_a_multi_chunk_upload(make_app: Any, upload_dir: Path) -> None:
+    """``await tus.md5(upload)`` is the hex MD5 of all the bytes, read in small chunks, and it
+    is stored on the record."""
+    app, tus = make_app(TUS_CHUNK_SIZE=7)
+    data = os.urandom(1000)
+    upload_id = await asyncio.to_thread(_upload, app.test_client(), data, 300)
+    upload = await tus.get_upload(upload_id)
+    assert upload.is_complete and upload.md5 is None
+
+    digest = await tus.md5(upload)
+    assert digest == hashlib.md5(data).hexdigest()
+    assert (await tus.get_upload(upload_id)).md5 == digest
+    assert json.loads((upload_dir / f"{upload_id}.json").read_text())["md5"] == digest
+    assert await tus.md5(upload_id) == digest
+
+
+async def test_md5_of_an_unfinished_upload_is_not_kept(make_app: Any) -> None:
+    """``tus.md5`` before the last chunk covers the bytes so far and is not saved, so the
+    digest after completion is the digest of the whole upload."""
+    app, tus = make_app(TUS_CHUNK_SIZE=3)
+    client = app.test_client()
+    location = await asyncio.to_thread(create, client, 8)
+    upload_id = upload_id_of(location)
+    first = await asyncio.to_thread(client.patch, location, data=b"abcd", headers=patch_headers(0))
+    assert first.status_code == 204
+    assert await tus.md5(upload_id) == hashlib.md5(b"abcd").hexdigest()
+    assert (await tus.get_upload(upload_id)).md5 is None
+    last = await asyncio.to_thread(client.patch, location, data=b"efgh", headers=patch_headers(4))
+    assert last.status_code == 204
+    assert await tus.md5(upload_id) == hashlib.md5(b"abcdefgh").hexdigest()
+    assert (await tus.get_upload(upload_id)).md5 == hashlib.md5(b"abcdefgh").hexdigest()
+
+
+async def test_md5_of_an_unknown_upload_is_not_found(make_app: Any) -> None:
+    """``tus.md5`` of an unknown id raises ``UploadNotFound``."""
+    from flask_tus.core.errors import UploadNotFound
+
+    _, tus = make_app()
+    with pytest.raises(UploadNotFound):
+        await tus.md5("0" * 32)

@@ -1,0 +1,569 @@
+"""Contract suites: every metadata store, every data storage and the locker keep the Protocols.
+
+Add a backend by adding a param to the ``store`` (or ``storage``) fixture: every test of the
+class then runs against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import multiprocessing
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from flask_tus import Upload
+from flask_tus.async_models.json_store import JsonFileStore
+from flask_tus.core.errors import OffsetMismatch, UploadLocked, UploadNotFound
+from flask_tus.core.ids import new_id
+from flask_tus.core.protocols import (
+    ConcatenatingStorage,
+    DataStorage,
+    Locker,
+    UploadStore,
+)
+from flask_tus.storage.local import LocalStorage
+from flask_tus.storage.locks import FileLocker
+
+# Whole milliseconds: the precision every store keeps (BSON dates have milliseconds only).
+CREATED = datetime(2026, 3, 1, 12, 30, 15, 123000, tzinfo=UTC)
+PARIS = timezone(timedelta(hours=2))
+
+
+# ====================================================================== UploadStore
+
+
+@pytest.fixture(params=["json"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[UploadStore]:
+    """Each metadata store, empty."""
+    if request.param == "json":
+        yield JsonFileStore(tmp_path / "records")
+    else:  # pragma: no cover - a param without a backend is a mistake in this file
+        raise AssertionError(f"no store for {request.param}")
+
+
+def full_record() -> Upload:
+    """A record with every field set to a value other than its default."""
+    return Upload(
+        id=new_id(),
+        length=None,
+        created_at=CREATED.astimezone(PARIS),
+        offset=7,
+        metadata_header="filename cmVzdW1lLnBkZg==,private",
+        expires_at=CREATED + timedelta(days=1, milliseconds=5),
+        concat="final",
+        parts=(new_id(), new_id()),
+        completed_at=CREATED + timedelta(hours=1),
+        md5="d41d8cd98f00b204e9800998ecf8427e",
+        extra={"owner": "alice", "count": 3, "tags": ["a", "b"], "nested": {"ok": True}},
+    )
+
+
+def plain_record() -> Upload:
+    """A fresh record as POST makes it."""
+    return Upload(id=new_id(), length=100, created_at=CREATED)
+
+
+class TestUploadStoreContract:
+    """What every :class:`~flask_tus.core.protocols.UploadStore` must do."""
+
+    def test_is_an_upload_store(self, store: UploadStore) -> None:
+        """The store satisfies the runtime-checkable Protocol."""
+        assert isinstance(store, UploadStore)
+
+    @pytest.mark.parametrize("make", [full_record, plain_record])
+    async def test_create_get_roundtrip(
+        self, store: UploadStore, make: Callable[[], Upload]
+    ) -> None:
+        """``get`` returns every field as created: aware datetimes, tuple parts, None length."""
+        upload = make()
+        await store.create(upload)
+        got = await store.get(upload.id)
+        assert got == upload
+        assert got is not upload
+        assert isinstance(got.parts, tuple)
+        for moment in (got.created_at, got.expires_at, got.completed_at):
+            assert moment is None or moment.tzinfo is not None
+        assert got.created_at == CREATED
+        assert got.metadata == upload.metadata
+
+    async def test_none_fields_roundtrip(self, store: UploadStore) -> None:
+        """Unset optional fields come back unset, not as empty strings or zeros."""
+        upload = Upload(id=new_id(), length=None, created_at=CREATED)
+        await store.create(upload)
+        got = await store.get(upload.id)
+        assert got.length is None
+        assert got.metadata_header is None
+        assert got.expires_at is None and got.completed_at is None
+        assert got.concat is None and got.md5 is None
+        assert got.parts == () and got.extra == {}
+
+    async def test_get_unknown_is_not_found(self, store: UploadStore) -> None:
+        """``get`` of an id never created raises ``UploadNotFound``."""
+        with pytest.raises(UploadNotFound):
+            await store.get(new_id())
+
+    async def test_commit_with_the_right_offset(self, store: UploadStore) -> None:
+        """``commit`` with the stored offset replaces the record."""
+        upload = plain_record()
+        await store.create(upload)
+        moved = upload.copy(offset=40, md5="abc", extra={"k": "v"})
+        await store.commit(moved, expected_offset=0)
+        assert await store.get(upload.id) == moved
+        done = moved.copy(offset=100, completed_at=CREATED + timedelta(minutes=1))
+        await store.commit(done, expected_offset=40)
+        assert await store.get(upload.id) == done
+
+    async def test_commit_may_keep_the_offset(self, store: UploadStore) -> None:
+        """A commit that changes other fields at the same offset (md5, length) succeeds."""
+        upload = plain_record().copy(length=None, offset=5)
+        await store.create(upload)
+        await store.commit(upload.copy(length=50), expected_offset=5)
+        assert (await store.get(upload.id)).length == 50
+
+    @pytest.mark.parametrize("wrong", [1, 39, 41, 100])
+    async def test_commit_with_a_wrong_offset(self, store: UploadStore, wrong: int) -> None:
+        """``commit`` with another expected offset raises ``OffsetMismatch``; nothing changes."""
+        upload = plain_record().copy(offset=40)
+        await store.create(upload)
+        with pytest.raises(OffsetMismatch):
+            await store.commit(upload.copy(offset=60, md5="x"), expected_offset=wrong)
+        assert await store.get(upload.id) == upload
+
+    async def test_commit_on_a_deleted_record(self, store: UploadStore) -> None:
+        """``commit`` after ``delete`` raises ``UploadNotFound`` and does not recreate it."""
+        upload = plain_record()
+        await store.create(upload)
+        await store.delete(upload.id)
+        with pytest.raises(UploadNotFound):
+            await store.commit(upload.copy(offset=10), expected_offset=0)
+        with pytest.raises(UploadNotFound):
+            await store.get(upload.id)
+
+    async def test_commit_on_an_unknown_record(self, store: UploadStore) -> None:
+        """``commit`` for an id never created raises ``UploadNotFound``."""
+        with pytest.raises(UploadNotFound):
+            await store.commit(plain_record(), expected_offset=0)
+
+    async def test_delete_is_idempotent(self, store: UploadStore) -> None:
+        """``delete`` removes the record; deleting again, or an unknown id, is no error."""
+        upload = plain_record()
+        other = plain_record()
+        await store.create(upload)
+        await store.create(other)
+        await store.delete(upload.id)
+        with pytest.raises(UploadNotFound):
+            await store.get(upload.id)
+        await store.delete(upload.id)
+        await store.delete(new_id())
+        assert await store.get(other.id) == other
+
+    async def test_iter_uploads_lists_all(self, store: UploadStore) -> None:
+        """``iter_uploads`` yields every record once, and no deleted one."""
+        uploads = [plain_record() for _ in range(5)] + [full_record()]
+        for upload in uploads:
+            await store.create(upload)
+        await store.delete(uploads[0].id)
+        listed = [upload async for upload in store.iter_uploads()]
+        assert sorted(u.id for u in listed) == sorted(u.id for u in uploads[1:])
+        assert {u.id: u for u in listed} == {u.id: u for u in uploads[1:]}
+
+    async def test_iter_uploads_of_an_empty_store(self, store: UploadStore) -> None:
+        """An empty store lists nothing."""
+        assert [upload async for upload in store.iter_uploads()] == []
+
+    async def test_concurrent_commits_from_tasks(self, store: UploadStore) -> None:
+        """20 tasks commit on the same expected offset: exactly one wins, 19 get 409."""
+        upload = plain_record()
+        await store.create(upload)
+        results = await asyncio.gather(
+            *(store.commit(upload.copy(offset=i + 1), expected_offset=0) for i in range(20)),
+            return_exceptions=True,
+        )
+        winners = [i for i, result in enumerate(results) if result is None]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, OffsetMismatch) for r in results if r is not None), results
+        assert (await store.get(upload.id)).offset == winners[0] + 1
+
+    async def test_concurrent_commits_from_threads(self, store: UploadStore) -> None:
+        """20 threads, each on its own event loop, commit on the same offset: one winner."""
+        upload = plain_record()
+        await store.create(upload)
+        barrier = threading.Barrier(20)
+        results: list[BaseException | None] = [None] * 20
+
+        def worker(i: int) -> None:
+            barrier.wait()
+            try:
+                asyncio.run(store.commit(upload.copy(offset=i + 1), expected_offset=0))
+            except BaseException as exc:
+                results[i] = exc
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(20)]
+        await asyncio.to_thread(_run_all, threads)
+        winners = [i for i, result in enumerate(results) if result is None]
+        assert len(winners) == 1, results
+        assert all(isinstance(r, OffsetMismatch) for r in results if r is not None), results
+        assert (await store.get(upload.id)).offset == winners[0] + 1
+
+
+def _run_all(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+
+# ====================================================================== DataStorage
+
+
+@pytest.fixture(params=["local"])
+def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DataStorage]:
+    """Each data storage, empty, reading in 4-byte pieces (so small data spans many)."""
+    if request.param == "local":
+        yield LocalStorage(tmp_path / "data", chunk_size=4, fsync=False)
+    else:  # pragma: no cover - a param without a backend is a mistake in this file
+        raise AssertionError(f"no storage for {request.param}")
+
+
+async def write(storage: DataStorage, upload_id: str, offset: int, *pieces: bytes) -> None:
+    async with storage.open_writer(upload_id, offset) as writer:
+        for piece in pieces:
+            await writer.write(piece)
+        await writer.flush()
+
+
+async def read_all(storage: DataStorage, upload_id: str, start: int, end: int) -> bytes:
+    return b"".join([piece async for piece in storage.read(upload_id, start, end)])
+
+
+async def stored(storage: DataStorage, upload_id: str, expected: bytes) -> None:
+    """Assert the upload holds exactly ``expected`` (same bytes, nothing after them)."""
+    assert await storage.md5(upload_id) == hashlib.md5(expected).hexdigest()
+    if expected:
+        assert await read_all(storage, upload_id, 0, len(expected) - 1) == expected
+
+
+async def ids(storage: DataStorage) -> set[str]:
+    return {upload_id async for upload_id in storage.iter_ids()}
+
+
+class TestDataStorageContract:
+    """What every :class:`~flask_tus.core.protocols.DataStorage` must do."""
+
+    def test_is_a_data_storage(self, storage: DataStorage) -> None:
+        """The storage satisfies the runtime-checkable Protocol."""
+        assert isinstance(storage, DataStorage)
+
+    async def test_create_makes_empty_data(self, storage: DataStorage) -> None:
+        """``create`` makes empty data that ``iter_ids`` lists."""
+        upload_id = new_id()
+        await storage.create(upload_id)
+        await stored(storage, upload_id, b"")
+        assert await ids(storage) == {upload_id}
+
+    async def test_writer_appends_at_the_offset(self, storage: DataStorage) -> None:
+        """Writers store consecutive pieces from their start offset."""
+        upload_id = new_id()
+        await storage.create(upload_id)
+        await write(storage, upload_id, 0, b"hel", b"lo", b"", b" wo")
+        await write(storage, upload_id, 8, b"rld")
+        await stored(storage, upload_id, b"hello world")
+
+    async def test_writer_cuts_bytes_past_its_offset(self, storage: DataStorage) -> None:
+        """Bytes stored past the writer's offset (never committed) are cut off first."""
+        upload_id = new_id()
+        await storage.create(upload_id)
+        await write(storage, upload_id, 0, b"hello world")
+        await write(storage, upload_id, 5, b"XYZ")
+        await stored(storage, upload_id, b"helloXYZ")
+
+    async def test_writer_at_a_lower_offset_without_writing(self, storage: DataStorage) -> None:
+        """Opening a writer at the committed offset drops a longer tail even with no new bytes."""
+        upload_id = new_id()
+        await storage.create(upload_id)
+        await write(storage, upload_id, 0, b"0123456789")
+        await write(storage, upload_id, 4)
+        await stored(storage, upload_id, b"0123")
+
+    async def test_writer_for_missing_data_is_not_found(self, storage: DataStorage) -> None:
+        """``open_writer`` for data that does not exist raises ``UploadNotFound``."""
+        with pytest.raises(UploadNotFound):
+            await write(storage, new_id(), 0, b"x")
+
+    @pytest.mark.parametrize(
+        "pieces", [[b"ab"], [b"abcdefgh", b"ijkl"], [b"a", b"b", b"c", b"d", b"e"]]
+    )
+    async def test_discard_rolls_back(self, storage: DataStorage, pieces: list[bytes]) -> None:
+        """``discard`` drops every byte this writer stored, buffered or already written."""
+        upload_id = new_id()
+        await storage.create(upload_id)
+        await write(storage, upload_id, 0, b"hello")
+        async with storage.open_writer(upload_id, 5) as writer:
+            for piece in pieces:
+                await writer.write(piece)
+            await writer.discard()
+        await stored(storage, upload_id, b"hello")
+
+    async def test_writes_after_discard_start_at_the_offset(self, storage: DataStorage) -> None:
+        """After ``discard`` the same writer writes from its start offset again."""
+        upload_id = new_id()
+        await storage.create(upload_id)
+        await write(storage, upload_id, 0, b"hello")
+        async with storage.open_writer(upload_id, 5) as writer:
+            await writer.write(b"garbage!!")
+            await writer.discard()
+            await writer.write(b" you")
+            await writer.flush()
+        await stored(storage, upload_id, b"hello you")
+
+    async def test_read_ranges(self, storage: DataStorage) -> None:
+        """``read(start, end)`` gives bytes start..end inclusive, in bounded pieces."""
+        upload_id = new_id()
+        await storage.create(upload_id)
+        data = bytes(range(256)) * 4
+        await write(storage, upload_id, 0, data)
+        assert await read_all(storage, upload_id, 0, len(data) - 1) == data
+        assert await read_all(storage, upload_id, 2, 5) == data[2:6]
+        assert await read_all(storage, upload_id, 1023, 1023) == data[1023:]
+        assert await read_all(storage, upload_id, 100, 900) == data[100:901]
+        pieces = [piece async for piece in storage.read(upload_id, 0, len(data) - 1)]
+        assert len(pieces) > 1
+        assert max(len(piece) for piece in pieces) <= 64 * 1024
+
+    async def test_delete_is_idempotent(self, storage: DataStorage) -> None:
+        """``delete`` removes the data; again, or for unknown data, is no error."""
+        upload_id, other = new_id(), new_id()
+        await storage.create(upload_id)
+        await storage.create(other)
+        await storage.delete(upload_id)
+        await storage.delete(upload_id)
+        await storage.delete(new_id())
+        assert await ids(storage) == {other}
+        with pytest.raises(UploadNotFound):
+            await write(storage, upload_id, 0, b"x")
+
+    async def test_md5(self, storage: DataStorage) -> None:
+        """``md5`` is the hex MD5 of every stored byte, across many read pieces."""
+        upload_id = new_id()
+        await storage.create(upload_id)
+        assert await storage.md5(upload_id) == hashlib.md5(b"").hexdigest()
+        data = b"The quick brown fox jumps over the lazy dog" * 3
+        await write(storage, upload_id, 0, data)
+        assert await storage.md5(upload_id) == hashlib.md5(data).hexdigest()
+
+    async def test_md5_of_missing_data_is_not_found(self, storage: DataStorage) -> None:
+        """``md5`` of data that does not exist raises ``UploadNotFound``."""
+        with pytest.raises(UploadNotFound):
+            await storage.md5(new_id())
+
+    async def test_concatenate(self, storage: DataStorage) -> None:
+        """``concatenate`` replaces the target's data with the sources' data, in order."""
+        assert isinstance(storage, ConcatenatingStorage)
+        first, empty, last, target = new_id(), new_id(), new_id(), new_id()
+        for upload_id in (first, empty, last, target):
+            await storage.create(upload_id)
+        await write(storage, first, 0, b"abc")
+        await write(storage, last, 0, b"defghij")
+        await write(storage, target, 0, b"left over from before")
+        await storage.concatenate(target, (first, empty, last))
+        await stored(storage, target, b"abcdefghij")
+        await stored(storage, first, b"abc")
+        await storage.concatenate(target, (last, first))
+        await stored(storage, target, b"defghijabc")
+
+
+async def test_local_iter_ids_ignores_records_and_lock_files(tmp_path: Path) -> None:
+    """Sharing a directory with JSON records and lock files, ``iter_ids`` lists data only."""
+    directory = tmp_path / "shared"
+    storage = LocalStorage(directory, fsync=False)
+    records = JsonFileStore(directory)
+    locker = FileLocker(directory)
+    upload_id, locked_id = new_id(), new_id()
+    await storage.create(upload_id)
+    await records.create(Upload(id=upload_id, length=3, created_at=CREATED))
+    await records.create(Upload(id=new_id(), length=3, created_at=CREATED))
+    await records.commit(Upload(id=upload_id, length=3, created_at=CREATED), expected_offset=0)
+    (directory / f"{new_id()}.lock").write_bytes(b"")
+    (directory / f".{new_id()}.x.tmp").write_bytes(b"")
+    (directory / "README").write_text("not an upload")
+    (directory / new_id().upper()).write_bytes(b"not an id either")
+    async with locker.lock(locked_id):
+        assert await ids(storage) == {upload_id}
+    assert await ids(storage) == {upload_id}
+
+
+async def test_local_read_pieces_follow_chunk_size(tmp_path: Path) -> None:
+    """LocalStorage reads in pieces of at most ``chunk_size`` bytes."""
+    storage = LocalStorage(tmp_path, chunk_size=3, fsync=False)
+    upload_id = new_id()
+    await storage.create(upload_id)
+    await write(storage, upload_id, 0, b"0123456789")
+    pieces = [piece async for piece in storage.read(upload_id, 0, 9)]
+    assert pieces == [b"012", b"345", b"678", b"9"]
+
+
+async def test_local_data_is_a_file_named_by_id(tmp_path: Path) -> None:
+    """LocalStorage keeps the bytes of ``<id>`` in ``<directory>/<id>``; invalid ids are refused."""
+    storage = LocalStorage(tmp_path, fsync=True)
+    upload_id = new_id()
+    await storage.create(upload_id)
+    await write(storage, upload_id, 0, b"bytes")
+    assert (tmp_path / upload_id).read_bytes() == b"bytes"
+    with pytest.raises(ValueError):
+        await storage.create("../escape")
+
+
+# ====================================================================== FileLocker
+
+
+@pytest.fixture
+def locker(tmp_path: Path) -> FileLocker:
+    return FileLocker(tmp_path / "locks", timeout=0.1, interval=0.01)
+
+
+def lock_files(locker: FileLocker) -> list[str]:
+    """Every file in the locker's directory (lock files and any marker beside them)."""
+    return sorted(p.name for p in locker.directory.iterdir())
+
+
+async def test_locker_is_a_locker(locker: FileLocker) -> None:
+    """FileLocker satisfies the runtime-checkable Protocol."""
+    assert isinstance(locker, Locker)
+
+
+async def test_second_lock_on_the_same_id_is_refused(locker: FileLocker) -> None:
+    """While one holder keeps an id, another ``lock`` raises ``UploadLocked`` (423)."""
+    upload_id = new_id()
+    async with locker.lock(upload_id):
+        with pytest.raises(UploadLocked) as caught:
+            async with locker.lock(upload_id):
+                raise AssertionError("the lock was given twice")
+        assert caught.value.status == 423
+    async with locker.lock(upload_id):
+        pass
+
+
+async def test_waiter_gets_a_lock_released_within_its_timeout(tmp_path: Path) -> None:
+    """A waiter is not refused at once: it gets a lock released before its wait ends."""
+    patient = FileLocker(tmp_path, timeout=30, interval=0.01)
+    upload_id = new_id()
+    order: list[str] = []
+    holding = asyncio.Event()
+
+    async def holder() -> None:
+        async with patient.lock(upload_id):
+            holding.set()
+            await asyncio.sleep(0.05)
+            order.append("released")
+
+    async def waiter() -> None:
+        await holding.wait()
+        async with patient.lock(upload_id):
+            order.append("acquired")
+
+    await asyncio.gather(holder(), waiter())
+    assert order == ["released", "acquired"]
+
+
+async def test_different_ids_do_not_conflict(locker: FileLocker) -> None:
+    """Locks on different ids are independent."""
+    first, second = new_id(), new_id()
+    async with locker.lock(first), locker.lock(second):
+        assert len(lock_files(locker)) == 2
+
+
+async def test_lock_files_are_removed_after_release(locker: FileLocker) -> None:
+    """No lock file (or other marker) is left once every holder let go, after success,
+    refusal or an error."""
+    upload_id = new_id()
+    async with locker.lock(upload_id):
+        assert lock_files(locker) == [f"{upload_id}.lock"]
+        with pytest.raises(UploadLocked):
+            async with locker.lock(upload_id):
+                pass
+    assert lock_files(locker) == []
+    with pytest.raises(KeyError):
+        async with locker.lock(upload_id):
+            raise KeyError("boom")
+    assert lock_files(locker) == []
+    async with locker.lock(upload_id):
+        pass
+    assert lock_files(locker) == []
+
+
+async def test_lock_is_exclusive_across_threads(locker: FileLocker) -> None:
+    """A lock held on one thread's event loop refuses a request on another thread's loop."""
+    upload_id = new_id()
+
+    def try_lock() -> str:
+        async def attempt() -> str:
+            try:
+                async with locker.lock(upload_id):
+                    return "acquired"
+            except UploadLocked:
+                return "locked"
+
+        return asyncio.run(attempt())
+
+    async with locker.lock(upload_id):
+        assert await asyncio.to_thread(try_lock) == "locked"
+    assert await asyncio.to_thread(try_lock) == "acquired"
+
+
+async def test_invalid_id_never_becomes_a_path(locker: FileLocker) -> None:
+    """An id that is not 32 hex digits is refused before it reaches the file system."""
+    with pytest.raises(ValueError):
+        async with locker.lock("../../etc/passwd"):
+            pass
+
+
+def _hold_in_child(directory: str, upload_id: str, locked: object, release: object) -> None:
+    """Child process: hold the lock until told to let go."""
+    locked_event: threading.Event = locked  # type: ignore[assignment]
+    release_event: threading.Event = release  # type: ignore[assignment]
+
+    async def hold() -> None:
+        async with FileLocker(directory, timeout=5).lock(upload_id):
+            locked_event.set()
+            await asyncio.to_thread(release_event.wait, 30)
+
+    asyncio.run(hold())
+
+
+def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
+    """A lock held by another process refuses this one; it is free once that process lets go."""
+    context = multiprocessing.get_context("spawn")
+    locked, release = context.Event(), context.Event()
+    directory = tmp_path / "locks"
+    upload_id = new_id()
+    child = context.Process(
+        target=_hold_in_child, args=(str(directory), upload_id, locked, release)
+    )
+    child.start()
+    try:
+        assert locked.wait(60), "the child never took the lock"
+        locker = FileLocker(directory, timeout=0.1, interval=0.01)
+
+        async def attempt() -> str:
+            try:
+                async with locker.lock(upload_id):
+                    return "acquired"
+            except UploadLocked:
+                return "locked"
+
+        assert asyncio.run(attempt()) == "locked"
+        release.set()
+        child.join(60)
+        assert child.exitcode == 0
+        assert asyncio.run(attempt()) == "acquired"
+        assert lock_files(locker) == []
+    finally:
+        release.set()
+        child.join(60)
+        if child.is_alive():  # pragma: no cover - only when the child hangs
+            child.kill()

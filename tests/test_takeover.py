@@ -1,0 +1,174 @@
+"""A newer request for a locked upload asks the holder to save and let go (design decision 6):
+through the host-local file locks and through a store lease (LeaseLocker)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from flask_tus.async_models.json_store import JsonFileStore
+from flask_tus.core import Headers, TusHandler, TusRequest, TusResponse, TusSettings
+from flask_tus.core.errors import UploadLocked, UploadNotFound
+from flask_tus.core.lease import LeaseLocker
+from flask_tus.core.protocols import Locker
+from flask_tus.storage.local import LocalStorage
+from flask_tus.storage.locks import FileLocker
+
+PIECE = 64 * 1024
+TOTAL = 20 * PIECE
+
+
+class MemoryLeases:
+    """A LeaseStore kept in memory, with the same semantics the database stores implement."""
+
+    def __init__(self) -> None:
+        self.leases: dict[str, tuple[str | None, float, bool]] = {}
+
+    async def acquire_lease(self, upload_id: str, owner: str, ttl: float) -> bool:
+        holder, expires, requested = self.leases.get(upload_id, (None, 0.0, False))
+        now = time.monotonic()
+        if holder is None or holder == owner or expires < now:
+            self.leases[upload_id] = (owner, now + ttl, requested and holder == owner)
+            return True
+        return False
+
+    async def release_lease(self, upload_id: str, owner: str) -> None:
+        holder, _, _ = self.leases.get(upload_id, (None, 0.0, False))
+        if holder == owner:
+            self.leases[upload_id] = (None, 0.0, False)
+
+    async def request_release(self, upload_id: str) -> None:
+        holder, expires, _ = self.leases.get(upload_id, (None, 0.0, False))
+        self.leases[upload_id] = (holder, expires, True)
+
+    async def release_requested(self, upload_id: str, owner: str) -> bool:
+        holder, _, requested = self.leases.get(upload_id, (None, 0.0, False))
+        return holder == owner and requested
+
+
+def make_handler(upload_dir: Path, locker: Locker) -> TusHandler:
+    return TusHandler(
+        store=JsonFileStore(upload_dir),
+        storage=LocalStorage(upload_dir, fsync=False),
+        locker=locker,
+        settings=TusSettings(),
+    )
+
+
+async def slow_body(data: bytes, started: asyncio.Event) -> AsyncIterator[bytes]:
+    """A client sending one piece every 20 ms."""
+    for start in range(0, len(data), PIECE):
+        yield data[start : start + PIECE]
+        started.set()
+        await asyncio.sleep(0.02)
+
+
+async def one_shot(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+def patch(upload_id: str, offset: int, body: AsyncIterator[bytes], length: int) -> TusRequest:
+    headers = Headers.from_pairs(
+        [
+            ("Tus-Resumable", "1.0.0"),
+            ("Upload-Offset", str(offset)),
+            ("Content-Type", "application/offset+octet-stream"),
+        ]
+    )
+    return TusRequest("PATCH", upload_id, headers, body=body, content_length=length)
+
+
+async def create(handler: TusHandler, length: int) -> str:
+    headers = Headers.from_pairs([("Tus-Resumable", "1.0.0"), ("Upload-Length", str(length))])
+    response = await handler.handle(TusRequest("POST", None, headers))
+    assert response.status == 201
+    return response.headers["Location"].rsplit("/", 1)[-1]
+
+
+async def takeover(handler: TusHandler, upload_dir: Path) -> None:
+    data = bytes(range(256)) * (TOTAL // 256)
+    upload_id = await create(handler, TOTAL)
+    started = asyncio.Event()
+    old = asyncio.create_task(handler.handle(patch(upload_id, 0, slow_body(data, started), TOTAL)))
+    await started.wait()
+    # The reconnecting client read offset 0 before the old request saved anything.
+    new: TusResponse = await handler.handle(patch(upload_id, 0, one_shot(data), TOTAL))
+    old_response = await old
+
+    # The old request stopped early and saved what had arrived, then let go: the new one got
+    # the lock and learned (409) that the offset moved, instead of being locked out (423).
+    assert old_response.status == 204
+    saved = int(old_response.headers["Upload-Offset"])
+    assert 0 < saved < TOTAL
+    assert new.status == 409
+    assert (upload_dir / upload_id).read_bytes() == data[:saved]
+
+    rest = await handler.handle(patch(upload_id, saved, one_shot(data[saved:]), TOTAL - saved))
+    assert rest.status == 204
+    assert (upload_dir / upload_id).read_bytes() == data
+
+
+async def test_file_lock_holder_lets_go_for_a_newer_request(upload_dir: Path) -> None:
+    """With the host-local locks, the newer request gets the upload, not a 423."""
+    await takeover(make_handler(upload_dir, FileLocker(upload_dir, timeout=2)), upload_dir)
+    assert not list(upload_dir.glob("*.stop"))
+
+
+async def test_lease_holder_lets_go_for_a_newer_request(upload_dir: Path) -> None:
+    """With a store lease (several hosts), the release request reaches the holder."""
+    locker = LeaseLocker(MemoryLeases(), ttl=5, timeout=2, poll=0.02)
+    await takeover(make_handler(upload_dir, locker), upload_dir)
+
+
+async def test_lease_refuses_while_held_and_frees_on_exit() -> None:
+    """A second holder waits out the timeout and gets UploadLocked; after release it gets in."""
+    leases = MemoryLeases()
+    locker = LeaseLocker(leases, ttl=5, timeout=0.1)
+    upload_id = "a" * 32
+    async with locker.lock(upload_id) as handle:
+        with pytest.raises(UploadLocked):
+            async with locker.lock(upload_id):
+                pass
+        # The refused waiter asked the holder to let go; the holder sees it on its next poll.
+        await asyncio.sleep(locker.poll * 2)
+        assert handle.stop_requested()
+    async with locker.lock(upload_id) as handle:
+        assert not handle.stop_requested()
+    assert leases.leases[upload_id][0] is None
+
+
+async def test_stale_lease_is_taken_over_after_expiry() -> None:
+    """A holder that died (never renews nor releases) blocks the upload only until its ttl."""
+    leases = MemoryLeases()
+    upload_id = "b" * 32
+    assert await leases.acquire_lease(upload_id, "dead-host", 0.2)
+    locker = LeaseLocker(leases, ttl=5, timeout=1)
+    async with locker.lock(upload_id):
+        holder = leases.leases[upload_id][0]
+        assert holder not in (None, "dead-host")
+
+
+async def test_lease_is_renewed_while_held() -> None:
+    """A long write keeps its lease: renewal happens well before the ttl runs out."""
+    leases = MemoryLeases()
+    upload_id = "c" * 32
+    locker = LeaseLocker(leases, ttl=0.3, timeout=0.05, poll=0.02)
+    async with locker.lock(upload_id):
+        await asyncio.sleep(0.6)
+        assert not await leases.acquire_lease(upload_id, "other", 1)
+
+
+async def test_lease_errors_from_the_store_propagate() -> None:
+    """An unknown upload is the store's UploadNotFound, not a lock error."""
+
+    class Missing(MemoryLeases):
+        async def acquire_lease(self, upload_id: str, owner: str, ttl: float) -> bool:
+            raise UploadNotFound()
+
+    with pytest.raises(UploadNotFound):
+        async with LeaseLocker(Missing()).lock("d" * 32):
+            pass
