@@ -8,6 +8,7 @@ place that maps outcomes to HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import ipaddress
@@ -39,6 +40,7 @@ from .hooks import HookEvent, Hooks, RequestInfo
 from .ids import is_valid_id, new_id
 from .messages import TusRequest, TusResponse
 from .protocols import ConcatenatingStorage, DataStorage, Locker, LockHandle, UploadStore
+from .pump import BodyPump
 from .settings import TusSettings
 from .upload import Upload
 
@@ -71,6 +73,8 @@ class _Received:
 
     count: int
     disconnected: bool
+    #: The request's task was cancelled (server shutdown) while it waited for the body.
+    cancelled: bool = False
 
 
 class TusHandler:
@@ -249,6 +253,8 @@ class TusHandler:
                 # A chunked body that turned out empty: the upload is complete at once.
                 upload = await self._complete_empty(upload, request)
             response_headers["Upload-Offset"] = str(upload.offset)
+            if received.cancelled:
+                raise asyncio.CancelledError()
             if received.disconnected:
                 raise errors.ClientDisconnected()
         response_headers.update(self._expiry_headers(upload))
@@ -313,6 +319,9 @@ class TusHandler:
             # Re-read under the lock: the record may have moved while we waited.
             upload = await self._get_live(upload_id)
             upload, received = await self._write_chunk(upload, request, held, offset, new_length)
+        if received.cancelled:
+            # What arrived is saved; now let the cancellation (server shutdown) proceed.
+            raise asyncio.CancelledError()
         if received.disconnected:
             raise errors.ClientDisconnected()
         response_headers = {"Upload-Offset": str(upload.offset)}
@@ -397,15 +406,12 @@ class TusHandler:
         hasher: Hasher | None = new_hasher(checksum.algorithm) if checksum else None
         count = 0
         disconnected = False
-        stopped = False
-        async with self.storage.open_writer(upload_id, offset) as writer:
+        async with (
+            self.storage.open_writer(upload_id, offset) as writer,
+            BodyPump(request.body, held.stop_requested) as pump,
+        ):
             try:
-                async for piece in request.body:
-                    if not piece:
-                        continue
-                    if held.stop_requested():
-                        stopped = True
-                        break
+                while (piece := await pump.next()) is not None:
                     if room is not None and count + len(piece) > room:
                         await writer.discard()
                         raise errors.PayloadTooLarge("the body would pass Upload-Length")
@@ -415,20 +421,21 @@ class TusHandler:
                     count += len(piece)
             except errors.ClientDisconnected:
                 disconnected = True
+            cut_short = pump.stopped or pump.cancelled
             # Some servers report a dropped client as a silent end of body: compare with the
             # announced length.
-            if not stopped and request.content_length is not None:
+            if not cut_short and request.content_length is not None:
                 disconnected = disconnected or count < request.content_length
             if checksum is not None and hasher is not None:
                 # A checksum covers the whole body: a cut-off body cannot be verified.
-                if disconnected or stopped:
+                if disconnected or cut_short:
                     await writer.discard()
-                    return _Received(0, disconnected)
+                    return _Received(0, disconnected, pump.cancelled)
                 if not hmac.compare_digest(hasher.digest(), checksum.digest):
                     await writer.discard()
                     raise errors.ChecksumMismatch()
             await writer.flush()
-        return _Received(count, disconnected)
+        return _Received(count, disconnected, pump.cancelled)
 
     # ------------------------------------------------------------------ DELETE (termination)
 
