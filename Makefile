@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint typecheck pytest clean
+.PHONY: venv demo test test-deps lint typecheck pytest clean
 
 venv: $(STAMP)
 
@@ -15,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[mongodb,sql,asgi,dev]'
 	touch $(STAMP)
 
+# The demo's ASGI app under hypercorn: tus bodies go to disk as they arrive.
 demo: venv demo/static/vendor/tus.min.js
-	$(BIN)/flask --app demo.app run --host 127.0.0.1 --port 5000
+	$(BIN)/hypercorn --bind 127.0.0.1:5000 demo.app:asgi_app
 
 demo/static/vendor/tus.min.js: demo/package.json demo/package-lock.json
 	cd demo && npm ci --no-audit --no-fund
@@ -30,7 +31,12 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
+# What the browser and tus-js-client tests need beyond .venv: Debian's chromium and the demo's
+# npm packages (tus-js-client, also run under node by the interop tests).
+test-deps: venv demo/static/vendor/tus.min.js
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
+
+pytest: venv test-deps
 	$(BIN)/pytest -q
 
 test: lint typecheck pytest

@@ -1,7 +1,9 @@
 """The flask-tus demo: an upload page at ``/`` and a tus endpoint at ``/files/``.
 
-Run it with ``make demo`` (or ``flask --app demo.app run --port 5000``). Files land in
-``demo/uploads/`` unless ``TUS_UPLOAD_DIR`` is set in the environment.
+Run it with ``make demo`` (hypercorn on 127.0.0.1:5000), ``flask --app demo.app run --port
+PORT`` or ``hypercorn demo.app:asgi_app --bind 127.0.0.1:PORT``. Files land in
+``demo/uploads/`` unless ``TUS_UPLOAD_DIR`` is set in the environment. Upload records are JSON
+files beside them, or rows in the SQL database ``TUS_DATABASE_URL`` names when that is set.
 """
 
 from __future__ import annotations
@@ -21,7 +23,15 @@ app = Flask(__name__)
 app.config["TUS_UPLOAD_DIR"] = os.environ.get("TUS_UPLOAD_DIR") or str(HERE / "uploads")
 app.config["TUS_UPLOAD_URL"] = "/files/"
 
-tus = FlaskTus(app)
+# The metadata store: JSON records beside the files, unless a database is named.
+model: object = None
+if os.environ.get("TUS_DATABASE_URL"):
+    from flask_tus.async_models.sql import SQLAlchemyModel
+
+    app.config["TUS_DATABASE_URL"] = os.environ["TUS_DATABASE_URL"]
+    model = SQLAlchemyModel
+
+tus = FlaskTus(app, model=model)
 log = logging.getLogger("demo")
 
 
@@ -55,6 +65,11 @@ async def uploads() -> ResponseReturnValue:
             for u in items
         ]
     )
+
+
+#: The same app for ASGI servers, with tus bodies streamed natively:
+#: ``hypercorn demo.app:asgi_app --bind 127.0.0.1:5000``.
+asgi_app = tus.asgi_app(app)
 
 
 if __name__ == "__main__":

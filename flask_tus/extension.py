@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, current_app, has_app_context
 
@@ -20,6 +20,9 @@ from .core.settings import TusSettings, parse_networks
 from .core.upload import Upload
 from .storage.local import LocalStorage
 from .storage.locks import FileLocker
+
+if TYPE_CHECKING:
+    from .asgi import TusASGI
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -112,7 +115,13 @@ class FlaskTus:
         )
         if settings.expiration is not None and not isinstance(settings.expiration, timedelta):
             raise TypeError("TUS_EXPIRATION must be a datetime.timedelta or None")
-        store = self._make_store(app, model or self.model, db or self.db, upload_dir)
+        # ``is None``, not ``or``: PyMongo and Motor databases refuse truth-value testing.
+        store = self._make_store(
+            app,
+            model if model is not None else self.model,
+            db if db is not None else self.db,
+            upload_dir,
+        )
         timeout = float(config["TUS_LOCK_TIMEOUT"])
         locker = self.locker or FileLocker(upload_dir, timeout=timeout)
         if self.locker is None and isinstance(store, LeaseStore):
@@ -148,7 +157,9 @@ class FlaskTus:
     def _make_store(app: Flask, model: Any, db: Any, upload_dir: str) -> UploadStore:
         if model is None:
             return JsonFileStore(upload_dir)
-        if isinstance(model, UploadStore):
+        # A class with the protocol's methods passes the runtime check too: only instances
+        # are stores, a class goes through its from_flask.
+        if isinstance(model, UploadStore) and not isinstance(model, type):
             return model
         factory = getattr(model, "from_flask", None)
         if callable(factory):
@@ -167,6 +178,33 @@ class FlaskTus:
             raise RuntimeError("flask-tus is not initialised on this app")
         state: TusState = app.extensions["tus"]
         return state
+
+    def asgi_app(self, app: Flask | None = None) -> TusASGI:
+        """An ASGI application for ``app``: tus requests served natively (bodies written as
+        they arrive, kept when the client drops), every other request passed to the Flask app
+        through asgiref's ``WsgiToAsgi``, each in its own thread context so Flask requests run
+        concurrently. Serve it with hypercorn (``hypercorn module:asgi_app``) or uvicorn.
+        """
+        from asgiref.sync import ThreadSensitiveContext
+        from asgiref.wsgi import WsgiToAsgi
+
+        from .asgi import Receive, Scope, Send, TusASGI
+
+        flask_app = app or self.app
+        if flask_app is None:
+            raise RuntimeError("flask-tus is not initialised on an app")
+        state = self.state(flask_app)
+        wsgi = WsgiToAsgi(flask_app)  # type: ignore[no-untyped-call]
+
+        async def fallback(scope: Scope, receive: Receive, send: Send) -> None:
+            # Without a context of its own each request would share one thread with all
+            # others: asgiref serialises sync code per context.
+            async with ThreadSensitiveContext():
+                await wsgi(scope, receive, send)
+
+        return TusASGI(
+            state.handler, state.collection_path, fallback, context=flask_app.app_context
+        )
 
     def hook(self, name: str) -> Callable[[F], F]:
         """Decorator registering a function for hook ``name``."""

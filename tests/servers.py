@@ -1,5 +1,6 @@
 """Real servers on real sockets for end-to-end tests: the demo app under the Werkzeug server
-(``flask run``) and under gunicorn with threads, each in its own process."""
+(``flask run``), gunicorn with threads, and the native ASGI app under hypercorn and uvicorn,
+each in its own process."""
 
 from __future__ import annotations
 
@@ -42,6 +43,19 @@ def command(kind: str, port: int) -> list[str]:
             "--bind",
             f"127.0.0.1:{port}",
             "demo.app:app",
+        ]
+    if kind == "hypercorn":
+        return [str(BIN / "hypercorn"), "--bind", f"127.0.0.1:{port}", "demo.app:asgi_app"]
+    if kind == "uvicorn":
+        return [
+            str(BIN / "uvicorn"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--lifespan",
+            "on",
+            "demo.app:asgi_app",
         ]
     raise ValueError(kind)
 

@@ -19,7 +19,7 @@ from tusclient import client as tus_client
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTET = "application/offset+octet-stream"
-KINDS = ["werkzeug", "gunicorn"]
+KINDS = ["werkzeug", "gunicorn", "hypercorn", "uvicorn"]
 
 
 @pytest.fixture(params=KINDS)

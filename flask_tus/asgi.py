@@ -1,0 +1,150 @@
+"""The native ASGI adapter: tus requests straight from ``receive()`` to disk.
+
+WSGI bridges read a whole request body before the application sees it (and drop it when the
+client disconnects), so under an ASGI server the tus routes are served here: each body piece is
+written as it arrives and a dropped connection keeps what arrived. Every other request goes to
+a fallback ASGI application (the Flask app, wrapped by the extension).
+
+This module knows no web framework; it is tested with a bare handler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+from .core.errors import ClientDisconnected
+from .core.handler import TusHandler
+from .core.messages import Headers, TusRequest, TusResponse
+
+log = logging.getLogger("flask_tus")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class TusASGI:
+    """An ASGI application serving ``collection_path`` (and ``collection_path + <id>``) with
+    ``handler``, and everything else with ``fallback`` (a plain 404 when there is none).
+
+    ``context`` is entered around each tus request (the Flask extension passes the app
+    context, so hooks can use ``current_app``).
+    """
+
+    def __init__(
+        self,
+        handler: TusHandler,
+        collection_path: str = "/files/",
+        fallback: ASGIApp | None = None,
+        *,
+        context: Callable[[], AbstractContextManager[object]] | None = None,
+    ) -> None:
+        self.handler = handler
+        self.collection_path = "/" + collection_path.strip("/") + "/"
+        if self.collection_path == "//":
+            self.collection_path = "/"
+        self.fallback = fallback
+        self.context = context or contextlib.nullcontext
+
+    def match(self, path: str) -> tuple[bool, str | None]:
+        """``(True, None)`` for the collection, ``(True, id)`` for an upload URL (the id is
+        validated by the handler), ``(False, None)`` for anything else."""
+        collection = self.collection_path
+        if path in (collection, collection.rstrip("/") or "/"):
+            return True, None
+        if path.startswith(collection):
+            rest = path[len(collection) :]
+            if rest and "/" not in rest:
+                return True, rest
+        return False, None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] == "http":
+            root = scope.get("root_path", "")
+            path: str = scope["path"]
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            matched, upload_id = self.match(path)
+            if matched:
+                await self._serve(scope, receive, send, upload_id, root)
+                return
+        if self.fallback is not None:
+            await self.fallback(scope, receive, send)
+            return
+        if scope["type"] == "http":
+            await _send(send, TusResponse(404, {"Content-Type": "text/plain"}, b"not found\n"))
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, upload_id: str | None, root: str
+    ) -> None:
+        headers = Headers.from_pairs(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+        )
+        try:
+            content_length: int | None = int(headers["content-length"])
+        except (KeyError, ValueError):
+            content_length = None
+        client = scope.get("client")
+        request = TusRequest(
+            method=scope["method"],
+            upload_id=upload_id,
+            headers=headers,
+            collection_path=root + self.collection_path,
+            body=_body(receive),
+            content_length=content_length,
+            remote_addr=client[0] if client else None,
+        )
+        with self.context():
+            response = await self.handler.handle(request)
+        await _send(send, response, head=scope["method"] == "HEAD")
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        # Answered here because the WSGI fallback does not speak lifespan.
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+async def _body(receive: Receive) -> AsyncIterator[bytes]:
+    """The request body as it arrives; ``ClientDisconnected`` when the client goes away."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected()
+        piece: bytes = message.get("body", b"")
+        if piece:
+            yield piece
+        if not message.get("more_body", False):
+            return
+
+
+async def _send(send: Send, response: TusResponse, *, head: bool = False) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers.items()]
+    if response.stream is None and not head and response.status not in (204, 304):
+        headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    if response.stream is None or head:
+        await send({"type": "http.response.body", "body": b"" if head else response.body})
+        return
+    stream = response.stream
+    try:
+        async for piece in stream:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+    finally:
+        aclose = getattr(stream, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,244 @@
+"""The native ASGI adapter: bare (no Flask) through httpx's ASGI transport, with the Flask
+fallback, and under hypercorn over real sockets (flat memory, graceful shutdown)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from flask import Flask, current_app
+from servers import Server
+
+from flask_tus import FlaskTus, HookEvent
+from flask_tus.asgi import Message, TusASGI
+from flask_tus.core import TusHandler
+
+TUS = {"Tus-Resumable": "1.0.0"}
+OCTET = "application/offset+octet-stream"
+
+
+def asgi_client(app: Any) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test")
+
+
+async def test_bare_adapter_serves_the_protocol(handler: TusHandler, upload_dir: Path) -> None:
+    """POST, PATCH, HEAD and GET through the adapter with no framework at all."""
+    async with asgi_client(TusASGI(handler, "/files/")) as client:
+        created = await client.post("/files", headers={**TUS, "Upload-Length": "11"})
+        assert created.status_code == 201
+        url = created.headers["Location"]
+        assert url.startswith("/files/")
+        patched = await client.patch(
+            url,
+            content=b"hello world",
+            headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTET},
+        )
+        assert patched.status_code == 204
+        assert patched.headers["Upload-Offset"] == "11"
+        head = await client.head(url, headers=TUS)
+        assert head.headers["Upload-Offset"] == "11"
+        assert head.content == b""
+        assert (await client.get(url)).content == b"hello world"
+        assert (await client.get("/elsewhere")).status_code == 404
+        assert (await client.options("/files/")).headers["Tus-Version"] == "1.0.0"
+
+
+async def test_root_path_is_part_of_location(handler: TusHandler) -> None:
+    """Mounted below a root path, the adapter matches and answers with the full path."""
+    app = TusASGI(handler, "/files/")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, root_path="/api"), base_url="http://test"
+    ) as client:
+        created = await client.post("/api/files/", headers={**TUS, "Upload-Length": "1"})
+        assert created.status_code == 201
+        assert created.headers["Location"].startswith("/api/files/")
+
+
+async def test_disconnect_keeps_what_arrived(handler: TusHandler, upload_dir: Path) -> None:
+    """`http.disconnect` mid-body: the pieces that arrived are stored and counted."""
+    async with asgi_client(TusASGI(handler)) as client:
+        created = await client.post("/files/", headers={**TUS, "Upload-Length": "100"})
+        upload_id = created.headers["Location"].rsplit("/", 1)[-1]
+
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"a" * 30, "more_body": True},
+        {"type": "http.request", "body": b"b" * 20, "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "PATCH",
+        "path": f"/files/{upload_id}",
+        "root_path": "",
+        "headers": [
+            (b"tus-resumable", b"1.0.0"),
+            (b"upload-offset", b"0"),
+            (b"content-type", OCTET.encode()),
+            (b"content-length", b"100"),
+        ],
+        "client": ("127.0.0.1", 5000),
+    }
+    await TusASGI(handler)(scope, receive, send)
+    assert (upload_dir / upload_id).read_bytes() == b"a" * 30 + b"b" * 20
+    assert (await handler.store.get(upload_id)).offset == 50
+
+
+async def test_lifespan_is_answered(handler: TusHandler) -> None:
+    """The adapter completes lifespan startup and shutdown itself (WsgiToAsgi cannot)."""
+    incoming: list[Message] = [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return incoming.pop(0)
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await TusASGI(handler)({"type": "lifespan"}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def flask_with_asgi(upload_dir: Path) -> tuple[Flask, FlaskTus]:
+    app = Flask(__name__)
+    app.config["TUS_UPLOAD_DIR"] = str(upload_dir)
+    return app, FlaskTus(app)
+
+
+async def test_flask_routes_and_hooks_through_the_asgi_app(upload_dir: Path) -> None:
+    """Other routes reach Flask; hooks run inside the app context (current_app works)."""
+    app, tus = flask_with_asgi(upload_dir)
+    seen: list[str] = []
+
+    @app.get("/hello")
+    def hello() -> str:
+        return "hi"
+
+    @tus.hooks.on_complete
+    async def done(event: HookEvent) -> None:
+        seen.append(current_app.name + ":" + event.upload.id)
+
+    async with asgi_client(tus.asgi_app(app)) as client:
+        assert (await client.get("/hello")).text == "hi"
+        created = await client.post("/files/", headers={**TUS, "Upload-Length": "2"})
+        url = created.headers["Location"]
+        await client.patch(
+            url, content=b"ok", headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTET}
+        )
+    assert seen == [f"{app.name}:{url.rsplit('/', 1)[-1]}"]
+
+
+async def test_flask_requests_run_concurrently(upload_dir: Path) -> None:
+    """Two Flask requests in flight at once both run: a barrier of two only opens if the
+    fallback does not serialise them (asgiref would, without a context per request)."""
+    app, tus = flask_with_asgi(upload_dir)
+    barrier = threading.Barrier(2, timeout=10)
+
+    @app.get("/meet")
+    def meet() -> str:
+        barrier.wait()
+        return "met"
+
+    async with asgi_client(tus.asgi_app(app)) as client:
+        first, second = await asyncio.gather(client.get("/meet"), client.get("/meet"))
+    assert (first.status_code, second.status_code) == (200, 200)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.fixture
+def hypercorn(tmp_path: Path) -> Iterator[Server]:
+    server = Server("hypercorn", tmp_path / "uploads")
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.process is not None:
+            server.kill(signal.SIGTERM)
+
+
+def test_one_gib_patch_keeps_memory_flat(hypercorn: Server) -> None:
+    """A 1 GiB PATCH under hypercorn grows the server's RSS by no more than 32 MB."""
+    assert hypercorn.process is not None
+    pid = hypercorn.process.pid
+    size = 1024**3
+    piece = bytes(range(256)) * 4096  # 1 MiB
+    created = httpx.post(hypercorn.url + "/files/", headers={**TUS, "Upload-Length": str(size)})
+    url = hypercorn.url + created.headers["Location"]
+    before = rss_mb(pid)
+    peak = before
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, rss_mb(pid))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        response = httpx.patch(
+            url,
+            content=(piece for _ in range(size // len(piece))),
+            headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTET},
+            timeout=None,
+        )
+    finally:
+        stop.set()
+        sampler.join()
+    assert response.status_code == 204
+    assert response.headers["Upload-Offset"] == str(size)
+    assert (hypercorn.upload_dir / url.rsplit("/", 1)[-1]).stat().st_size == size
+    assert peak - before <= 32, f"RSS grew from {before:.1f} MB to {peak:.1f} MB"
+
+
+def test_sigterm_saves_running_patch_and_exits(hypercorn: Server) -> None:
+    """On SIGTERM a PATCH still receiving its body saves what arrived, and the server exits
+    within its graceful timeout instead of hanging on the client."""
+    assert hypercorn.process is not None
+    created = httpx.post(hypercorn.url + "/files/", headers={**TUS, "Upload-Length": "1000000"})
+    path = created.headers["Location"]
+    sock = socket.create_connection(("127.0.0.1", hypercorn.port))
+    sock.sendall(
+        (
+            f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Offset: 0\r\n"
+            f"Content-Type: {OCTET}\r\nContent-Length: 1000000\r\n\r\n"
+        ).encode()
+        + b"z" * 300_000
+    )
+    deadline = time.monotonic() + 10
+    data_file = hypercorn.upload_dir / path.rsplit("/", 1)[-1]
+    while time.monotonic() < deadline and data_file.stat().st_size < 300_000:
+        time.sleep(0.05)
+    hypercorn.process.send_signal(signal.SIGTERM)
+    # hypercorn waits 3 s for running requests, then cancels them: well within 30 s.
+    hypercorn.process.wait(timeout=30)
+    hypercorn.process = None
+    sock.close()
+
+    hypercorn.start()
+    head = httpx.head(hypercorn.url + path, headers=TUS)
+    assert head.headers["Upload-Offset"] == "300000"
+    assert data_file.read_bytes() == b"z" * 300_000
