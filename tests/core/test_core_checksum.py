@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import hashlib
 import zlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import TUS, patch_headers, stored_files
+from conftest import patch_headers, stored_files
+from core_helpers import (
+    body_of,
+    create,
+    dropping_body,
+    offset_of,
+    patch,
+    streamed_request,
+    with_settings,
+)
 
-from flask_tus.core import Headers, TusHandler, TusRequest, TusResponse
-from flask_tus.core.errors import ClientDisconnected
+from flask_tus.core import TusHandler, TusResponse
 
 FIRST = b"hello "
 CHUNK = b"tus checksum world"
@@ -28,48 +34,13 @@ def digest(algorithm: str, data: bytes) -> str:
     return f"{algorithm} {base64.b64encode(raw).decode()}"
 
 
-async def body_of(*pieces: bytes) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
-
-
-async def dropping_body(*pieces: bytes) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
-    raise ClientDisconnected()
-
-
-def make_request(
-    method: str, upload_id: str | None, headers: dict[str, str], body: bytes = b""
-) -> TusRequest:
-    return TusRequest(
-        method,
-        upload_id,
-        Headers.from_pairs(headers.items()),
-        body=body_of(body) if body else body_of(),
-        content_length=len(body),
-    )
-
-
 async def started_upload(handler: TusHandler) -> str:
     """An upload of FIRST + CHUNK with FIRST already stored."""
-    response = await handler.handle(
-        make_request("POST", None, {**TUS, "Upload-Length": str(len(FIRST + CHUNK))})
-    )
-    upload_id = response.headers["Location"].rsplit("/", 1)[-1]
-    first = await handler.handle(make_request("PATCH", upload_id, patch_headers(0), FIRST))
-    assert first.status == 204
-    return upload_id
+    return await create(handler, len(FIRST + CHUNK), FIRST)
 
 
 async def patch_chunk(handler: TusHandler, upload_id: str, checksum: str) -> TusResponse:
-    headers = patch_headers(len(FIRST), **{"Upload-Checksum": checksum})
-    return await handler.handle(make_request("PATCH", upload_id, headers, CHUNK))
-
-
-async def offset_of(handler: TusHandler, upload_id: str) -> int:
-    response = await handler.handle(make_request("HEAD", upload_id, TUS))
-    return int(response.headers["Upload-Offset"])
+    return await patch(handler, upload_id, len(FIRST), CHUNK, **{"Upload-Checksum": checksum})
 
 
 @pytest.mark.parametrize("algorithm", ["sha1", "md5", "sha256", "sha512", "crc32"])
@@ -96,12 +67,8 @@ async def test_checksum_over_several_body_pieces(handler: TusHandler, upload_dir
     """The checksum covers the whole body however it is split into pieces."""
     upload_id = await started_upload(handler)
     headers = patch_headers(len(FIRST), **{"Upload-Checksum": digest("sha256", CHUNK)})
-    request = TusRequest(
-        "PATCH",
-        upload_id,
-        Headers.from_pairs(headers.items()),
-        body=body_of(CHUNK[:4], CHUNK[4:9], CHUNK[9:]),
-        content_length=len(CHUNK),
+    request = streamed_request(
+        "PATCH", upload_id, headers, body_of(CHUNK[:4], CHUNK[4:9], CHUNK[9:]), len(CHUNK)
     )
     response = await handler.handle(request)
     assert response.status == 204
@@ -159,7 +126,7 @@ async def test_checksum_refusals_discard_chunk(
 
 async def test_checksum_algorithm_not_offered_is_400(handler: TusHandler, upload_dir: Path) -> None:
     """An algorithm the settings do not offer is refused like an unknown one."""
-    handler.settings = dataclasses.replace(handler.settings, checksum_algorithms=("sha1",))
+    with_settings(handler, checksum_algorithms=("sha1",))
     upload_id = await started_upload(handler)
     response = await patch_chunk(handler, upload_id, digest("md5", CHUNK))
     assert response.status == 400
@@ -170,13 +137,7 @@ async def test_checksum_disconnect_keeps_nothing(handler: TusHandler, upload_dir
     """A cut-off body cannot be verified against its checksum, so none of it is kept."""
     upload_id = await started_upload(handler)
     headers = patch_headers(len(FIRST), **{"Upload-Checksum": digest("sha1", CHUNK)})
-    request = TusRequest(
-        "PATCH",
-        upload_id,
-        Headers.from_pairs(headers.items()),
-        body=dropping_body(CHUNK[:5]),
-        content_length=len(CHUNK),
-    )
+    request = streamed_request("PATCH", upload_id, headers, dropping_body(CHUNK[:5]), len(CHUNK))
     response = await handler.handle(request)
     assert response.status >= 400
     assert (upload_dir / upload_id).read_bytes() == FIRST

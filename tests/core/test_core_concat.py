@@ -2,72 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import TUS, metadata, patch_headers, stored_files
+from core_helpers import (
+    UNKNOWN_ID,
+    create,
+    head,
+    id_of,
+    make_handler,
+    make_request,
+    post,
+    write,
+)
 
-from flask_tus.async_models.json_store import JsonFileStore
-from flask_tus.core import Headers, HookEvent, TusHandler, TusRequest, TusResponse
+from flask_tus.core import HookEvent, TusHandler, TusResponse
 from flask_tus.storage.local import LocalStorage
-from flask_tus.storage.locks import FileLocker
-
-UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
-
-
-async def body_of(*pieces: bytes) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
-
-
-def make_request(
-    method: str, upload_id: str | None, headers: dict[str, str], body: bytes = b""
-) -> TusRequest:
-    return TusRequest(
-        method,
-        upload_id,
-        Headers.from_pairs(headers.items()),
-        body=body_of(body) if body else body_of(),
-        content_length=len(body),
-    )
-
-
-async def post(handler: TusHandler, **headers: str) -> TusResponse:
-    return await handler.handle(make_request("POST", None, {**TUS, **headers}))
 
 
 async def partial(
-    handler: TusHandler, data: bytes, *, written: int | None = None, **headers: str
+    handler: TusHandler, data: bytes, *, written: int | None = None, meta: str | None = None
 ) -> str:
     """A partial upload of ``data`` with ``written`` bytes stored (all by default)."""
-    response = await post(
-        handler, **{"Upload-Concat": "partial", "Upload-Length": str(len(data)), **headers}
-    )
-    assert response.status == 201, response.body
-    upload_id = response.headers["Location"].rsplit("/", 1)[-1]
-    chunk = data if written is None else data[:written]
-    if chunk:
-        await patch(handler, upload_id, 0, chunk)
-    return upload_id
-
-
-async def patch(handler: TusHandler, upload_id: str, offset: int, body: bytes) -> None:
-    response = await handler.handle(make_request("PATCH", upload_id, patch_headers(offset), body))
-    assert response.status == 204, response.body
+    headers = {"Upload-Concat": "partial"}
+    if meta is not None:
+        headers["Upload-Metadata"] = meta
+    return await create(handler, len(data), data if written is None else data[:written], **headers)
 
 
 async def final(handler: TusHandler, *part_urls: str, **headers: str) -> TusResponse:
     return await post(handler, **{"Upload-Concat": "final;" + " ".join(part_urls), **headers})
-
-
-def id_of(response: TusResponse) -> str:
-    return response.headers["Location"].rsplit("/", 1)[-1]
-
-
-async def head(handler: TusHandler, upload_id: str) -> TusResponse:
-    return await handler.handle(make_request("HEAD", upload_id, TUS))
 
 
 async def download(handler: TusHandler, upload_id: str) -> bytes:
@@ -187,8 +153,8 @@ async def test_patch_on_final_is_403(handler: TusHandler, upload_dir: Path) -> N
 
 async def test_partial_metadata_is_not_carried_over(handler: TusHandler) -> None:
     """A final upload has only its own metadata, never its partials'."""
-    first = await partial(handler, b"ab", **{"Upload-Metadata": metadata(filename="part1.bin")})
-    second = await partial(handler, b"cd", **{"Upload-Metadata": metadata(filename="part2.bin")})
+    first = await partial(handler, b"ab", meta=metadata(filename="part1.bin"))
+    second = await partial(handler, b"cd", meta=metadata(filename="part2.bin"))
     bare = id_of(await final(handler, f"/files/{first}", f"/files/{second}"))
     assert "Upload-Metadata" not in (await head(handler, bare)).headers
 
@@ -219,7 +185,7 @@ async def test_final_with_unfinished_partials(handler: TusHandler, upload_dir: P
     assert (await handler.handle(make_request("GET", final_id, {}))).status == 404
     assert [e.upload.id for e in completed] == [first]
 
-    await patch(handler, second, 2, b"fgh")
+    await write(handler, second, 2, b"fgh")
     state = await head(handler, final_id)
     assert state.headers["Upload-Offset"] == "8"
     assert state.headers["Upload-Length"] == "8"
@@ -247,7 +213,7 @@ async def test_final_with_deferred_partial_learns_its_length(handler: TusHandler
     assert state.headers["Upload-Length"] == "5"
     assert "Upload-Offset" not in state.headers
 
-    await patch(handler, second, 1, b"de")
+    await write(handler, second, 1, b"de")
     assert await download(handler, final_id) == b"abcde"
 
 
@@ -319,7 +285,7 @@ async def test_final_naming_non_partial_is_400(
     if kind == "plain":
         created = await post(handler, **{"Upload-Length": "2"})
         other = id_of(created)
-        await patch(handler, other, 0, b"cd")
+        await write(handler, other, 0, b"cd")
     else:
         other = id_of(await final(handler, f"/files/{part}"))
     before = stored_files(upload_dir)
@@ -366,11 +332,7 @@ class PlainLocalStorage(LocalStorage):
 
 async def test_concat_refused_when_storage_cannot_concatenate(upload_dir: Path) -> None:
     """Without a concatenating storage, Upload-Concat is refused (400) and not advertised."""
-    handler = TusHandler(
-        store=JsonFileStore(upload_dir),
-        storage=PlainLocalStorage(upload_dir, fsync=False),
-        locker=FileLocker(upload_dir),
-    )
+    handler = make_handler(upload_dir, PlainLocalStorage(upload_dir, fsync=False))
     assert "concatenation" not in handler.extensions
     response = await post(handler, **{"Upload-Concat": "partial", "Upload-Length": "2"})
     assert response.status == 400

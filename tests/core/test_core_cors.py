@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
-
 import pytest
 from conftest import TUS, patch_headers
+from core_helpers import UNKNOWN_ID, create, make_request, with_settings
 
-from flask_tus.core import Headers, TusHandler, TusRequest, TusResponse
+from flask_tus.core import TusHandler, TusResponse
 
 ORIGIN = "https://app.example"
 OTHER = "https://evil.example"
-UNKNOWN_ID = "0123456789abcdef0123456789abcdef"
 # Every response header of the protocol a browser client has to read (PROTOCOL.md, CORS).
 PROTOCOL_HEADERS = {
     "Upload-Offset",
@@ -29,42 +26,12 @@ PROTOCOL_HEADERS = {
 }
 
 
-async def body_of(*pieces: bytes) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
-
-
-def make_request(
-    method: str, upload_id: str | None, headers: dict[str, str], body: bytes = b""
-) -> TusRequest:
-    return TusRequest(
-        method,
-        upload_id,
-        Headers.from_pairs(headers.items()),
-        body=body_of(body) if body else body_of(),
-        content_length=len(body),
-    )
-
-
 def cors_headers(response: TusResponse) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k.lower().startswith("access-control-")}
 
 
 def exposed(response: TusResponse) -> set[str]:
     return {h.strip() for h in response.headers["Access-Control-Expose-Headers"].split(",")}
-
-
-async def create(handler: TusHandler, length: int = 10) -> str:
-    response = await handler.handle(
-        make_request("POST", None, {**TUS, "Upload-Length": str(length)})
-    )
-    assert response.status == 201
-    return response.headers["Location"].rsplit("/", 1)[-1]
-
-
-def restrict(handler: TusHandler, origins: tuple[str, ...]) -> TusHandler:
-    handler.settings = dataclasses.replace(handler.settings, cors_origins=origins)
-    return handler
 
 
 # Each case: (method, upload id or None for the collection, headers, body, expected status).
@@ -98,9 +65,7 @@ async def run_case(
     origin: str | None,
 ) -> TusResponse:
     if upload_id == "{id}":
-        upload_id = await create(handler, 10)
-        written = await handler.handle(make_request("PATCH", upload_id, patch_headers(0), b"abc"))
-        assert written.status == 204
+        upload_id = await create(handler, 10, b"abc")
     sent = dict(headers)
     if origin is not None:
         sent["Origin"] = origin
@@ -135,7 +100,7 @@ async def test_listed_origin_is_echoed(
     status: int,
 ) -> None:
     """An origin in the allowed list is echoed back with Vary: Origin, on errors too."""
-    restrict(handler, (OTHER, ORIGIN))
+    with_settings(handler, cors_origins=(OTHER, ORIGIN))
     response = await run_case(handler, method, upload_id, headers, body, origin=ORIGIN)
     assert response.status == status, response.body
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
@@ -154,7 +119,7 @@ async def test_disallowed_origin_gets_no_cors(
     status: int,
 ) -> None:
     """An origin missing from the list gets no CORS headers (the request itself is served)."""
-    restrict(handler, (ORIGIN,))
+    with_settings(handler, cors_origins=(ORIGIN,))
     response = await run_case(handler, method, upload_id, headers, body, origin=OTHER)
     assert response.status == status, response.body
     assert cors_headers(response) == {}
@@ -171,7 +136,7 @@ async def test_cors_disabled_sends_none(
     status: int,
 ) -> None:
     """With ``cors_origins=()`` no response carries CORS headers, whatever the origin."""
-    restrict(handler, ())
+    with_settings(handler, cors_origins=())
     response = await run_case(handler, method, upload_id, headers, body, origin=ORIGIN)
     assert response.status == status, response.body
     assert cors_headers(response) == {}
@@ -208,7 +173,7 @@ async def test_preflight_per_origin(
     handler: TusHandler, origins: tuple[str, ...], origin: str, allowed: str | None
 ) -> None:
     """The preflight answers with CORS headers only for an allowed origin (exact match)."""
-    restrict(handler, origins)
+    with_settings(handler, cors_origins=origins)
     response = await handler.handle(
         make_request(
             "OPTIONS",

@@ -2,44 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import TUS, patch_headers, stored_files
+from core_helpers import UNKNOWN_ID, create, head, make_request
 
 from flask_tus import HookRejected
-from flask_tus.core import Headers, HookEvent, TusHandler, TusRequest, TusResponse
-
-
-async def body_of(*pieces: bytes) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
-
-
-def make_request(
-    method: str, upload_id: str | None, headers: dict[str, str], body: bytes = b""
-) -> TusRequest:
-    return TusRequest(
-        method,
-        upload_id,
-        Headers.from_pairs(headers.items()),
-        body=body_of(body) if body else body_of(),
-        content_length=len(body),
-    )
-
-
-async def create(handler: TusHandler, length: int = 10, data: bytes = b"") -> str:
-    response = await handler.handle(
-        make_request("POST", None, {**TUS, "Upload-Length": str(length)})
-    )
-    assert response.status == 201
-    upload_id = response.headers["Location"].rsplit("/", 1)[-1]
-    if data:
-        written = await handler.handle(make_request("PATCH", upload_id, patch_headers(0), data))
-        assert written.status == 204
-    return upload_id
+from flask_tus.core import HookEvent, TusHandler, TusResponse
 
 
 async def delete(handler: TusHandler, upload_id: str, headers: dict[str, str] = TUS) -> TusResponse:
@@ -90,7 +61,7 @@ async def test_delete_leaves_other_uploads(handler: TusHandler, upload_dir: Path
     before = {k: v for k, v in stored_files(upload_dir).items() if keep in k}
     assert (await delete(handler, gone)).status == 204
     assert {k: v for k, v in stored_files(upload_dir).items() if keep in k} == before
-    state = await handler.handle(make_request("HEAD", keep, TUS))
+    state = await head(handler, keep)
     assert state.headers["Upload-Offset"] == "4"
 
 
@@ -124,7 +95,7 @@ async def test_delete_pre_delete_rejection_keeps_everything(
     assert [event.upload.id for event in seen] == [upload_id]
     assert post == []
     assert stored_files(upload_dir) == before
-    state = await handler.handle(make_request("HEAD", upload_id, TUS))
+    state = await head(handler, upload_id)
     assert state.status == 200
     assert state.headers["Upload-Offset"] == "3"
 
@@ -166,9 +137,9 @@ async def test_delete_failing_post_delete_is_still_204(
 @pytest.mark.parametrize(
     ("upload_id", "status"),
     [
-        pytest.param("0123456789abcdef0123456789abcdef", 404, id="unknown"),
+        pytest.param(UNKNOWN_ID, 404, id="unknown"),
         pytest.param("..", 404, id="dotdot"),
-        pytest.param("0123456789abcdef0123456789abcdef.json", 404, id="record-name"),
+        pytest.param(f"{UNKNOWN_ID}.json", 404, id="record-name"),
     ],
 )
 async def test_delete_unknown_or_invalid_id(
@@ -205,6 +176,6 @@ async def test_delete_expired_upload_is_removed(handler: TusHandler, upload_dir:
     handler.clock = lambda: start
     upload_id = await create(handler, 10, b"abc")
     handler.clock = lambda: start + timedelta(days=3)
-    assert (await handler.handle(make_request("HEAD", upload_id, TUS))).status == 410
+    assert (await head(handler, upload_id)).status == 410
     assert (await delete(handler, upload_id)).status == 204
     assert files_of(upload_dir, upload_id) == []

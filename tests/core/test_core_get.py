@@ -2,52 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from conftest import TUS, metadata, patch_headers
+from core_helpers import UNKNOWN_ID, create, make_handler, make_request
 
-from flask_tus.async_models.json_store import JsonFileStore
-from flask_tus.core import Headers, TusHandler, TusRequest, TusResponse
+from flask_tus.core import TusHandler, TusResponse
 from flask_tus.storage.local import LocalStorage
-from flask_tus.storage.locks import FileLocker
 
 DATA = b"0123456789"
-
-
-async def body_of(*pieces: bytes) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
-
-
-def make_request(
-    method: str, upload_id: str | None, headers: dict[str, str], body: bytes = b""
-) -> TusRequest:
-    return TusRequest(
-        method,
-        upload_id,
-        Headers.from_pairs(headers.items()),
-        body=body_of(body) if body else body_of(),
-        content_length=len(body),
-    )
 
 
 async def finished(
     handler: TusHandler, data: bytes = DATA, meta: str | None = None, *, written: int | None = None
 ) -> str:
     """An upload of ``data``; ``written`` bytes of it stored (all by default)."""
-    headers = {**TUS, "Upload-Length": str(len(data))}
-    if meta is not None:
-        headers["Upload-Metadata"] = meta
-    response = await handler.handle(make_request("POST", None, headers))
-    assert response.status == 201, response.body
-    upload_id = response.headers["Location"].rsplit("/", 1)[-1]
-    chunk = data if written is None else data[:written]
-    if chunk:
-        patched = await handler.handle(make_request("PATCH", upload_id, patch_headers(0), chunk))
-        assert patched.status == 204
-    return upload_id
+    headers = {} if meta is None else {"Upload-Metadata": meta}
+    return await create(handler, len(data), data if written is None else data[:written], **headers)
 
 
 async def get(handler: TusHandler, upload_id: str, **headers: str) -> TusResponse:
@@ -83,11 +55,7 @@ async def test_get_needs_no_tus_resumable(handler: TusHandler) -> None:
 
 async def test_get_streams_in_bounded_pieces(upload_dir: Path) -> None:
     """The body is read in pieces of the storage's chunk size, in order."""
-    handler = TusHandler(
-        store=JsonFileStore(upload_dir),
-        storage=LocalStorage(upload_dir, chunk_size=4, fsync=False),
-        locker=FileLocker(upload_dir),
-    )
+    handler = make_handler(upload_dir, LocalStorage(upload_dir, chunk_size=4, fsync=False))
     data = bytes(range(256)) * 3
     upload_id = await finished(handler, data)
     response = await get(handler, upload_id)
@@ -262,10 +230,7 @@ async def test_get_unfinished_upload_is_404(
 ) -> None:
     """An upload that is not finished cannot be downloaded."""
     if deferred:
-        response = await handler.handle(
-            make_request("POST", None, {**TUS, "Upload-Defer-Length": "1"})
-        )
-        upload_id = response.headers["Location"].rsplit("/", 1)[-1]
+        upload_id = await create(handler, None)
         await handler.handle(make_request("PATCH", upload_id, patch_headers(0), DATA[:written]))
     else:
         upload_id = await finished(handler, DATA[: length or 0], written=written)
@@ -277,7 +242,7 @@ async def test_get_unfinished_upload_is_404(
 
 @pytest.mark.parametrize(
     "upload_id",
-    ["0123456789abcdef0123456789abcdef", "../etc/passwd", "0123456789abcdef0123456789abcdef.json"],
+    [UNKNOWN_ID, "../etc/passwd", f"{UNKNOWN_ID}.json"],
 )
 async def test_get_unknown_upload_is_404(handler: TusHandler, upload_id: str) -> None:
     """GET of an unknown or malformed id is 404."""

@@ -2,54 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from conftest import OCTET, TUS, metadata
+from conftest import metadata
+from core_helpers import UNKNOWN_ID, create, create_with, head, make_request, with_settings, write
 
-from flask_tus.core import Headers, TusHandler, TusRequest, TusResponse
+from flask_tus.core import TusHandler
 
 CREATED_AT = datetime(2014, 6, 24, 16, 0, tzinfo=UTC)
 HTTP_DATE = re.compile(
     r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d{2} "
     r"(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) \d{4} \d{2}:\d{2}:\d{2} GMT"
 )
-
-
-async def body_of(*pieces: bytes) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
-
-
-def make_request(
-    method: str, upload_id: str | None, headers: dict[str, str], body: bytes = b""
-) -> TusRequest:
-    return TusRequest(
-        method,
-        upload_id,
-        Headers.from_pairs(headers.items()),
-        body=body_of(body) if body else body_of(),
-        content_length=len(body),
-    )
-
-
-async def create(handler: TusHandler, **headers: str) -> str:
-    response = await handler.handle(make_request("POST", None, {**TUS, **headers}))
-    assert response.status == 201, response.body
-    return response.headers["Location"].rsplit("/", 1)[-1]
-
-
-async def patch(handler: TusHandler, upload_id: str, offset: int, body: bytes) -> None:
-    headers = {**TUS, "Upload-Offset": str(offset), "Content-Type": OCTET}
-    response = await handler.handle(make_request("PATCH", upload_id, headers, body))
-    assert response.status == 204, response.body
-
-
-async def head(handler: TusHandler, upload_id: str, **headers: str) -> TusResponse:
-    return await handler.handle(make_request("HEAD", upload_id, {**TUS, **headers}))
 
 
 @pytest.mark.parametrize(
@@ -114,9 +80,9 @@ async def test_head_reports_state(
     absent: list[str],
 ) -> None:
     """HEAD: 200 with offset, length or defer flag, metadata exactly as received, no-store."""
-    upload_id = await create(handler, **creation)
+    upload_id = await create_with(handler, **creation)
     if written:
-        await patch(handler, upload_id, 0, written)
+        await write(handler, upload_id, 0, written)
     response = await head(handler, upload_id)
     assert response.status == 200
     assert response.body == b""
@@ -133,16 +99,16 @@ async def test_head_reports_state(
 async def test_head_upload_expires_format(handler: TusHandler) -> None:
     """Upload-Expires is an IMF-fixdate: creation time plus the expiration setting."""
     handler.clock = lambda: CREATED_AT
-    upload_id = await create(handler, **{"Upload-Length": "10"})
+    upload_id = await create(handler, 10)
     response = await head(handler, upload_id)
     assert response.headers["Upload-Expires"] == "Wed, 25 Jun 2014 16:00:00 GMT"
 
 
 async def test_head_upload_expires_converted_to_gmt(handler: TusHandler) -> None:
     """A clock in another zone still yields a GMT date."""
-    handler.settings = dataclasses.replace(handler.settings, expiration=timedelta(hours=2))
+    with_settings(handler, expiration=timedelta(hours=2))
     handler.clock = lambda: datetime(2024, 3, 1, 4, 30, tzinfo=timezone(timedelta(hours=5)))
-    upload_id = await create(handler, **{"Upload-Length": "10"})
+    upload_id = await create(handler, 10)
     response = await head(handler, upload_id)
     assert response.headers["Upload-Expires"] == "Fri, 01 Mar 2024 01:30:00 GMT"
     assert HTTP_DATE.fullmatch(response.headers["Upload-Expires"])
@@ -150,8 +116,8 @@ async def test_head_upload_expires_converted_to_gmt(handler: TusHandler) -> None
 
 async def test_head_no_expiry_when_expiration_disabled(handler: TusHandler) -> None:
     """Without an expiration setting no Upload-Expires is sent."""
-    handler.settings = dataclasses.replace(handler.settings, expiration=None)
-    upload_id = await create(handler, **{"Upload-Length": "10"})
+    with_settings(handler, expiration=None)
+    upload_id = await create(handler, 10)
     response = await head(handler, upload_id)
     assert response.status == 200
     assert "Upload-Expires" not in response.headers
@@ -160,7 +126,7 @@ async def test_head_no_expiry_when_expiration_disabled(handler: TusHandler) -> N
 @pytest.mark.parametrize(
     "upload_id",
     [
-        pytest.param("0123456789abcdef0123456789abcdef", id="unknown"),
+        pytest.param(UNKNOWN_ID, id="unknown"),
         pytest.param("0123456789ABCDEF0123456789ABCDEF", id="uppercase"),
         pytest.param("0123456789abcdef", id="short"),
         pytest.param("0123456789abcdef0123456789abcdef0", id="long"),
@@ -197,11 +163,11 @@ async def test_head_expired_is_410(
     status: int,
 ) -> None:
     """An expired upload answers 410 without Upload-Offset; finished ones only if configured."""
-    handler.settings = dataclasses.replace(handler.settings, expire_completed=expire_completed)
+    with_settings(handler, expire_completed=expire_completed)
     handler.clock = lambda: CREATED_AT
-    upload_id = await create(handler, **{"Upload-Length": "3"})
+    upload_id = await create(handler, 3)
     if finished:
-        await patch(handler, upload_id, 0, b"abc")
+        await write(handler, upload_id, 0, b"abc")
     handler.clock = lambda: CREATED_AT + later
     response = await head(handler, upload_id)
     assert response.status == status
@@ -220,7 +186,7 @@ async def test_head_without_supported_version_is_412(
     handler: TusHandler, headers: dict[str, str]
 ) -> None:
     """HEAD without a supported Tus-Resumable: 412 with Tus-Version, no upload state."""
-    upload_id = await create(handler, **{"Upload-Length": "10"})
+    upload_id = await create(handler, 10)
     response = await handler.handle(make_request("HEAD", upload_id, headers))
     assert response.status == 412
     assert response.headers["Tus-Version"] == "1.0.0"

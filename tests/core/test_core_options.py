@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from core_helpers import UNKNOWN_ID, make_handler
 
-from flask_tus.async_models.json_store import JsonFileStore
 from flask_tus.core import Headers, TusHandler, TusRequest, TusResponse
 from flask_tus.core.protocols import ChunkWriter
 from flask_tus.storage.local import LocalStorage
-from flask_tus.storage.locks import FileLocker
 
 ALL_EXTENSIONS = [
     "creation",
@@ -26,7 +24,6 @@ ALL_EXTENSIONS = [
     "concatenation",
     "concatenation-unfinished",
 ]
-UPLOAD_ID = "0123456789abcdef0123456789abcdef"
 
 
 class NonConcatenatingStorage:
@@ -61,13 +58,9 @@ def options(headers: dict[str, str] | None = None, upload_id: str | None = None)
 def build(upload_dir: Path, *, concatenating: bool = True, **settings: Any) -> TusHandler:
     """A handler on the default backends with ``settings`` changed from the defaults."""
     storage = LocalStorage(upload_dir, fsync=False)
-    base = TusHandler(
-        store=JsonFileStore(upload_dir),
-        storage=storage if concatenating else NonConcatenatingStorage(storage),
-        locker=FileLocker(upload_dir),
+    return make_handler(
+        upload_dir, storage if concatenating else NonConcatenatingStorage(storage), **settings
     )
-    base.settings = dataclasses.replace(base.settings, **settings)
-    return base
 
 
 def extensions(response: TusResponse) -> list[str]:
@@ -156,7 +149,7 @@ async def test_options_advertises_only_what_backends_do(
         pytest.param({"Tus-Resumable": "1.0.0"}, id="current-version"),
     ],
 )
-@pytest.mark.parametrize("upload_id", [None, UPLOAD_ID], ids=["collection", "upload-url"])
+@pytest.mark.parametrize("upload_id", [None, UNKNOWN_ID], ids=["collection", "upload-url"])
 async def test_options_ignores_tus_resumable(
     handler: TusHandler, headers: dict[str, str], upload_id: str | None
 ) -> None:

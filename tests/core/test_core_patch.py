@@ -2,78 +2,30 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import OCTET, TUS, patch_headers, stored_files
+from core_helpers import (
+    UNKNOWN_ID,
+    body_of,
+    chunked_request,
+    create,
+    dropping_body,
+    head,
+    id_of,
+    make_request,
+    offset_of,
+    patch,
+    post,
+    streamed_request,
+    with_settings,
+)
 
 from flask_tus import HookRejected
-from flask_tus.core import Headers, HookEvent, TusHandler, TusRequest, TusResponse
-from flask_tus.core.errors import ClientDisconnected
-
-
-async def body_of(*pieces: bytes) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
-
-
-async def dropping_body(*pieces: bytes) -> AsyncIterator[bytes]:
-    """Yields ``pieces`` and then reports the client gone, as adapters do."""
-    for piece in pieces:
-        yield piece
-    raise ClientDisconnected()
-
-
-def make_request(
-    method: str, upload_id: str | None, headers: dict[str, str], body: bytes = b""
-) -> TusRequest:
-    return TusRequest(
-        method,
-        upload_id,
-        Headers.from_pairs(headers.items()),
-        body=body_of(body) if body else body_of(),
-        content_length=len(body),
-    )
-
-
-def chunked_request(upload_id: str, headers: dict[str, str], *pieces: bytes) -> TusRequest:
-    """A body of unknown length (Transfer-Encoding: chunked, no Content-Length)."""
-    return TusRequest(
-        "PATCH",
-        upload_id,
-        Headers.from_pairs([*headers.items(), ("Transfer-Encoding", "chunked")]),
-        body=body_of(*pieces),
-        content_length=None,
-    )
-
-
-async def create(handler: TusHandler, length: int | None = 10, **headers: str) -> str:
-    sent = {**TUS, **headers}
-    if length is None:
-        sent["Upload-Defer-Length"] = "1"
-    else:
-        sent["Upload-Length"] = str(length)
-    response = await handler.handle(make_request("POST", None, sent))
-    assert response.status == 201, response.body
-    return response.headers["Location"].rsplit("/", 1)[-1]
-
-
-async def patch(
-    handler: TusHandler, upload_id: str, offset: int, body: bytes, **extra: str
-) -> TusResponse:
-    return await handler.handle(
-        make_request("PATCH", upload_id, patch_headers(offset, **extra), body)
-    )
-
-
-async def offset_of(handler: TusHandler, upload_id: str) -> int:
-    response = await handler.handle(make_request("HEAD", upload_id, TUS))
-    assert response.status == 200
-    return int(response.headers["Upload-Offset"])
+from flask_tus.core import HookEvent, TusHandler
 
 
 @pytest.mark.parametrize(
@@ -205,7 +157,9 @@ async def test_patch_chunked_past_length_is_413(
     upload_id = await create(handler, 10)
     if first:
         await patch(handler, upload_id, 0, first)
-    response = await handler.handle(chunked_request(upload_id, patch_headers(len(first)), *pieces))
+    response = await handler.handle(
+        chunked_request("PATCH", upload_id, patch_headers(len(first)), *pieces)
+    )
     assert response.status == 413
     assert (upload_dir / upload_id).read_bytes() == first
     assert await offset_of(handler, upload_id) == len(first)
@@ -214,7 +168,9 @@ async def test_patch_chunked_past_length_is_413(
 async def test_patch_chunked_within_length(handler: TusHandler, upload_dir: Path) -> None:
     """A chunked body that fits is stored whole."""
     upload_id = await create(handler, 10)
-    response = await handler.handle(chunked_request(upload_id, patch_headers(0), b"abc", b"defg"))
+    response = await handler.handle(
+        chunked_request("PATCH", upload_id, patch_headers(0), b"abc", b"defg")
+    )
     assert response.status == 204
     assert response.headers["Upload-Offset"] == "7"
     assert (upload_dir / upload_id).read_bytes() == b"abcdefg"
@@ -225,13 +181,13 @@ async def test_patch_deferred_length_set_once(handler: TusHandler) -> None:
     upload_id = await create(handler, None)
     response = await patch(handler, upload_id, 0, b"abc")
     assert response.status == 204
-    state = await handler.handle(make_request("HEAD", upload_id, TUS))
+    state = await head(handler, upload_id)
     assert state.headers["Upload-Defer-Length"] == "1"
 
     response = await patch(handler, upload_id, 3, b"de", **{"Upload-Length": "8"})
     assert response.status == 204
     assert response.headers["Upload-Offset"] == "5"
-    state = await handler.handle(make_request("HEAD", upload_id, TUS))
+    state = await head(handler, upload_id)
     assert state.headers["Upload-Length"] == "8"
     assert "Upload-Defer-Length" not in state.headers
 
@@ -241,7 +197,7 @@ async def test_patch_deferred_length_set_once(handler: TusHandler) -> None:
     assert same.status == 204
     too_long = await patch(handler, upload_id, 6, b"ghi")
     assert too_long.status == 413
-    state = await handler.handle(make_request("HEAD", upload_id, TUS))
+    state = await head(handler, upload_id)
     assert state.headers["Upload-Length"] == "8"
     assert state.headers["Upload-Offset"] == "6"
 
@@ -252,7 +208,7 @@ async def test_patch_deferred_length_without_body(handler: TusHandler) -> None:
     await patch(handler, upload_id, 0, b"abc")
     response = await patch(handler, upload_id, 3, b"", **{"Upload-Length": "5"})
     assert response.status == 204
-    state = await handler.handle(make_request("HEAD", upload_id, TUS))
+    state = await head(handler, upload_id)
     assert state.headers["Upload-Length"] == "5"
 
 
@@ -273,7 +229,7 @@ async def test_patch_deferred_length_refused(
     response = await patch(handler, upload_id, 3, b"d", **{"Upload-Length": length})
     assert response.status == status
     assert (upload_dir / upload_id).read_bytes() == b"abc"
-    state = await handler.handle(make_request("HEAD", upload_id, TUS))
+    state = await head(handler, upload_id)
     assert state.headers["Upload-Defer-Length"] == "1"
 
 
@@ -281,9 +237,11 @@ async def test_patch_deferred_chunked_past_max_size_is_413(
     handler: TusHandler, upload_dir: Path
 ) -> None:
     """While the length is deferred, the server's maximum size bounds the body."""
-    handler.settings = dataclasses.replace(handler.settings, max_size=8)
+    with_settings(handler, max_size=8)
     upload_id = await create(handler, None)
-    response = await handler.handle(chunked_request(upload_id, patch_headers(0), b"12345", b"6789"))
+    response = await handler.handle(
+        chunked_request("PATCH", upload_id, patch_headers(0), b"12345", b"6789")
+    )
     assert response.status == 413
     assert (upload_dir / upload_id).read_bytes() == b""
     announced = await patch(handler, upload_id, 0, b"123456789")
@@ -308,7 +266,7 @@ async def test_patch_completion_fires_on_complete_once(handler: TusHandler) -> N
     assert (await patch(handler, upload_id, 6, b"")).status == 204
     assert (await patch(handler, upload_id, 6, b"g")).status == 413
     assert (await patch(handler, upload_id, 3, b"def")).status == 409
-    await handler.handle(make_request("HEAD", upload_id, TUS))
+    await head(handler, upload_id)
     assert len(completed) == 1
 
 
@@ -380,13 +338,7 @@ async def test_patch_disconnect_keeps_what_arrived(
     headers = patch_headers(0)
     if content_length is None:
         headers["Transfer-Encoding"] = "chunked"
-    request = TusRequest(
-        "PATCH",
-        upload_id,
-        Headers.from_pairs(headers.items()),
-        body=body[0](*body[1:]),
-        content_length=content_length,
-    )
+    request = streamed_request("PATCH", upload_id, headers, body[0](*body[1:]), content_length)
     response = await handler.handle(request)
     assert response.status >= 400  # the client is gone; no 204 for a partial body
     assert (upload_dir / upload_id).read_bytes() == kept
@@ -404,13 +356,7 @@ async def test_patch_disconnect_completing_upload_fires_once(handler: TusHandler
     completed: list[str] = []
     handler.hooks.add("on_complete", lambda event: completed.append(event.upload.id))
     upload_id = await create(handler, 4)
-    request = TusRequest(
-        "PATCH",
-        upload_id,
-        Headers.from_pairs(patch_headers(0).items()),
-        body=dropping_body(b"abcd"),
-        content_length=4,
-    )
+    request = streamed_request("PATCH", upload_id, patch_headers(0), dropping_body(b"abcd"), 4)
     await handler.handle(request)
     assert await offset_of(handler, upload_id) == 4
     assert completed == [upload_id]
@@ -444,7 +390,7 @@ async def test_patch_truncates_even_with_empty_body(handler: TusHandler, upload_
 @pytest.mark.parametrize(
     ("upload_id", "status"),
     [
-        pytest.param("0123456789abcdef0123456789abcdef", 404, id="unknown"),
+        pytest.param(UNKNOWN_ID, 404, id="unknown"),
         pytest.param("../0123456789abcdef0123456789abcd", 404, id="traversal"),
         pytest.param("not-an-id", 404, id="invalid"),
     ],
@@ -471,11 +417,9 @@ async def test_patch_on_final_upload_is_403(handler: TusHandler, upload_dir: Pat
     """A final (concatenated) upload cannot be patched."""
     part = await create(handler, 2, **{"Upload-Concat": "partial"})
     await patch(handler, part, 0, b"ab")
-    final = await handler.handle(
-        make_request("POST", None, {**TUS, "Upload-Concat": f"final;/files/{part}"})
-    )
+    final = await post(handler, **{"Upload-Concat": f"final;/files/{part}"})
     assert final.status == 201
-    final_id = final.headers["Location"].rsplit("/", 1)[-1]
+    final_id = id_of(final)
     before = stored_files(upload_dir)
     response = await patch(handler, final_id, 2, b"cd")
     assert response.status == 403

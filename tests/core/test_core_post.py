@@ -2,58 +2,24 @@
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import OCTET, TUS, metadata, stored_files
+from core_helpers import chunked_request, head, id_of, make_request, with_settings
 
-from flask_tus.core import Headers, HookEvent, TusHandler, TusRequest, TusResponse
+from flask_tus.core import HookEvent, TusHandler, TusResponse
 
 LOCATION = re.compile(r"/files/([0-9a-f]{32})")
 MAX = 2**32
-
-
-async def body_of(*pieces: bytes) -> AsyncIterator[bytes]:
-    for piece in pieces:
-        yield piece
-
-
-def make_request(
-    method: str,
-    upload_id: str | None = None,
-    headers: dict[str, str] | None = None,
-    body: bytes = b"",
-    *,
-    remote_addr: str | None = None,
-) -> TusRequest:
-    return TusRequest(
-        method,
-        upload_id,
-        Headers.from_pairs((headers or {}).items()),
-        body=body_of(body) if body else body_of(),
-        content_length=len(body),
-        remote_addr=remote_addr,
-    )
 
 
 def upload_id_of(response: TusResponse) -> str:
     match = LOCATION.fullmatch(response.headers["Location"])
     assert match is not None, response.headers["Location"]
     return match.group(1)
-
-
-def with_settings(handler: TusHandler, **changes: Any) -> TusHandler:
-    handler.settings = dataclasses.replace(handler.settings, **changes)
-    return handler
-
-
-async def head(handler: TusHandler, upload_id: str) -> TusResponse:
-    return await handler.handle(make_request("HEAD", upload_id, TUS))
 
 
 @pytest.mark.parametrize(
@@ -222,7 +188,7 @@ async def test_post_location_absolute_only_from_trusted_proxy(
     )
     response = await handler.handle(request)
     assert response.status == 201
-    upload_id = response.headers["Location"].rsplit("/", 1)[-1]
+    upload_id = id_of(response)
     assert response.headers["Location"] == expected.format(id=upload_id)
 
 
@@ -313,19 +279,8 @@ async def test_post_creation_with_upload_chunked(
     """A chunked creation body (no Content-Length) is written, or refused whole when too long."""
     completed: list[str] = []
     handler.hooks.add("on_complete", lambda event: completed.append(event.upload.id))
-    request = TusRequest(
-        "POST",
-        None,
-        Headers.from_pairs(
-            [
-                *TUS.items(),
-                ("Upload-Length", length),
-                ("Content-Type", OCTET),
-                ("Transfer-Encoding", "chunked"),
-            ]
-        ),
-        body=body_of(*pieces),
-        content_length=None,
+    request = chunked_request(
+        "POST", None, {**TUS, "Upload-Length": length, "Content-Type": OCTET}, *pieces
     )
     response = await handler.handle(request)
     assert response.status == status, response.body
