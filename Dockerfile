@@ -13,4 +13,6 @@ RUN cd demo && npm ci --no-audit --no-fund \
 COPY . .
 ENV TUS_UPLOAD_DIR=/data/uploads
 EXPOSE 5000
-CMD ["gunicorn", "--worker-class", "gthread", "--threads", "8", "--bind", "0.0.0.0:5000", "demo.app:app"]
+# The native ASGI app: tus bodies go to disk as they arrive. The store follows the environment
+# (TUS_MONGODB_URI in docker-compose.yml; JSON records beside the files without it).
+CMD ["hypercorn", "--bind", "0.0.0.0:5000", "demo.app:asgi_app"]

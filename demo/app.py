@@ -3,7 +3,8 @@
 Run it with ``make demo`` (hypercorn on 127.0.0.1:5000), ``flask --app demo.app run --port
 PORT`` or ``hypercorn demo.app:asgi_app --bind 127.0.0.1:PORT``. Files land in
 ``demo/uploads/`` unless ``TUS_UPLOAD_DIR`` is set in the environment. Upload records are JSON
-files beside them, or rows in the SQL database ``TUS_DATABASE_URL`` names when that is set.
+files beside them, or rows in the SQL database ``TUS_DATABASE_URL`` names when that is set,
+or documents in the MongoDB ``TUS_MONGODB_URI`` names when that is set.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ if os.environ.get("TUS_DATABASE_URL"):
 
     app.config["TUS_DATABASE_URL"] = os.environ["TUS_DATABASE_URL"]
     model = SQLAlchemyModel
+elif os.environ.get("TUS_MONGODB_URI"):
+    from flask_tus.async_models.mongo import MongoModel
+
+    app.config["TUS_MONGODB_URI"] = os.environ["TUS_MONGODB_URI"]
+    app.config["TUS_MONGODB_DATABASE"] = os.environ.get("TUS_MONGODB_DATABASE")
+    model = MongoModel
 
 tus = FlaskTus(app, model=model)
 log = logging.getLogger("demo")

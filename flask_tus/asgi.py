@@ -10,6 +10,7 @@ This module knows no web framework; it is tested with a bare handler.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -94,18 +95,29 @@ class TusASGI:
         except (KeyError, ValueError):
             content_length = None
         client = scope.get("client")
+        body = _Body(receive)
         request = TusRequest(
             method=scope["method"],
             upload_id=upload_id,
             headers=headers,
             collection_path=root + self.collection_path,
-            body=_body(receive),
+            body=body.__aiter__(),
             content_length=content_length,
             remote_addr=client[0] if client else None,
         )
         with self.context():
             response = await self.handler.handle(request)
-        await _send(send, response, head=scope["method"] == "HEAD")
+        if not request.has_body or body.done:
+            await _send(send, response, head=scope["method"] == "HEAD")
+            return
+        # A refused request leaves its body unread. Receive the rest while answering: most
+        # clients send all of it before they read the answer, and hypercorn does not finish a
+        # response until the request is read (nor read a body the app does not ask for).
+        draining = asyncio.create_task(body.drain())
+        try:
+            await _send(send, response, head=scope["method"] == "HEAD")
+        finally:
+            await draining
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Answered here because the WSGI fallback does not speak lifespan.
@@ -118,17 +130,29 @@ class TusASGI:
                 return
 
 
-async def _body(receive: Receive) -> AsyncIterator[bytes]:
+class _Body:
     """The request body as it arrives; ``ClientDisconnected`` when the client goes away."""
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected()
-        piece: bytes = message.get("body", b"")
-        if piece:
-            yield piece
-        if not message.get("more_body", False):
-            return
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self.done = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while not self.done:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self.done = True
+                raise ClientDisconnected()
+            piece: bytes = message.get("body", b"")
+            self.done = not message.get("more_body", False)
+            if piece:
+                yield piece
+
+    async def drain(self) -> None:
+        """Receive and drop the rest of the body."""
+        with contextlib.suppress(ClientDisconnected):
+            async for _ in self:
+                pass
 
 
 async def _send(send: Send, response: TusResponse, *, head: bool = False) -> None:

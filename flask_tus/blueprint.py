@@ -17,22 +17,48 @@ from .core.errors import ClientDisconnected
 from .core.messages import Headers, TusRequest, TusResponse
 
 _METHODS = ["OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"]
+#: The most of a refused request's body read away to keep its connection usable.
+_DRAIN_LIMIT = 8 * 2**20
 
 
 class _Body:
-    """The request body as an async iterator; remembers whether it was read to the end."""
+    """The request body as an async iterator; remembers whether it was read to the end.
+
+    Each read runs in a worker thread and cannot be called off once started, so a read whose
+    awaiting task was cancelled (a writer asked to let go) stays pending and its piece is the
+    next one handed out: two reads never run at once, and no byte is skipped.
+    """
 
     def __init__(self, stream: IO[bytes], piece_size: int) -> None:
         self._stream = stream
         self._piece_size = piece_size
+        self._pending: asyncio.Future[bytes] | None = None
         self.exhausted = False
 
+    async def drain(self, limit: int) -> None:
+        """Read and drop what is left of the body, up to ``limit`` bytes."""
+        dropped = 0
+        try:
+            async for piece in self:
+                dropped += len(piece)
+                if dropped >= limit:
+                    return
+        except ClientDisconnected:
+            pass
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        while True:
+        while not self.exhausted:
+            if self._pending is None:
+                self._pending = asyncio.ensure_future(
+                    asyncio.to_thread(self._stream.read, self._piece_size)
+                )
             try:
-                piece = await asyncio.to_thread(self._stream.read, self._piece_size)
+                piece = await asyncio.shield(self._pending)
             except (WerkzeugClientDisconnected, OSError) as exc:
+                self._pending = None
+                self.exhausted = True
                 raise ClientDisconnected() from exc
+            self._pending = None
             if not piece:
                 self.exhausted = True
                 return
@@ -54,8 +80,12 @@ async def tus_view(upload_id: str | None = None) -> Response:
     )
     result = await state.handler.handle(tus_request)
     if tus_request.has_body and not body.exhausted:
-        # An unread body would be taken for the next request on a kept-alive connection.
-        result.headers["Connection"] = "close"
+        # A refused request leaves its body unread. Some servers (gunicorn 27) then drop the
+        # kept-alive connection after promising to keep it, so read a small rest away; a large
+        # one is not worth receiving, and the connection is closed instead.
+        await body.drain(_DRAIN_LIMIT)
+        if not body.exhausted:
+            result.headers["Connection"] = "close"
     return to_flask_response(result)
 
 

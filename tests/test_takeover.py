@@ -99,10 +99,12 @@ async def takeover(handler: TusHandler, upload_dir: Path) -> None:
     new: TusResponse = await handler.handle(patch(upload_id, 0, one_shot(data), TOTAL))
     old_response = await old
 
-    # The old request stopped early and saved what had arrived, then let go: the new one got
-    # the lock and learned (409) that the offset moved, instead of being locked out (423).
-    assert old_response.status == 204
-    saved = int(old_response.headers["Upload-Offset"])
+    # The old request stopped early, saved what had arrived and let go, telling its client it
+    # was interrupted; the new one got the lock and learned (409) that the offset moved,
+    # instead of being locked out (423).
+    assert old_response.status == 400
+    assert b"interrupted" in old_response.body
+    saved = (await handler.store.get(upload_id)).offset
     assert 0 < saved < TOTAL
     assert new.status == 409
     assert (upload_dir / upload_id).read_bytes() == data[:saved]

@@ -130,6 +130,17 @@ class ChecksumMismatch(TusError):
     default_message = "checksum mismatch"
 
 
+class UploadInterrupted(TusError):
+    """A newer request for the same upload took it over while this one was writing (400).
+
+    The bytes this request delivered before it stopped are saved; ``HEAD`` tells how many.
+    """
+
+    status = 400
+    code = "upload_interrupted"
+    default_message = "upload interrupted by a newer request for it; HEAD for the saved offset"
+
+
 class ClientDisconnected(TusError):
     """The client went away before the whole body arrived.
 

@@ -75,6 +75,18 @@ class _Received:
     disconnected: bool
     #: The request's task was cancelled (server shutdown) while it waited for the body.
     cancelled: bool = False
+    #: A newer request for the upload asked this one to let go, and it did.
+    interrupted: bool = False
+
+    def raise_if_cut_short(self) -> None:
+        """After the commit: report a body that did not arrive whole."""
+        if self.cancelled:
+            # What arrived is saved; now let the cancellation (server shutdown) proceed.
+            raise asyncio.CancelledError()
+        if self.interrupted:
+            raise errors.UploadInterrupted()
+        if self.disconnected:
+            raise errors.ClientDisconnected()
 
 
 class TusHandler:
@@ -253,10 +265,7 @@ class TusHandler:
                 # A chunked body that turned out empty: the upload is complete at once.
                 upload = await self._complete_empty(upload, request)
             response_headers["Upload-Offset"] = str(upload.offset)
-            if received.cancelled:
-                raise asyncio.CancelledError()
-            if received.disconnected:
-                raise errors.ClientDisconnected()
+            received.raise_if_cut_short()
         response_headers.update(self._expiry_headers(upload))
         return TusResponse(201, response_headers)
 
@@ -319,11 +328,7 @@ class TusHandler:
             # Re-read under the lock: the record may have moved while we waited.
             upload = await self._get_live(upload_id)
             upload, received = await self._write_chunk(upload, request, held, offset, new_length)
-        if received.cancelled:
-            # What arrived is saved; now let the cancellation (server shutdown) proceed.
-            raise asyncio.CancelledError()
-        if received.disconnected:
-            raise errors.ClientDisconnected()
+        received.raise_if_cut_short()
         response_headers = {"Upload-Offset": str(upload.offset)}
         response_headers.update(self._expiry_headers(upload))
         return TusResponse(204, response_headers)
@@ -421,21 +426,28 @@ class TusHandler:
                     count += len(piece)
             except errors.ClientDisconnected:
                 disconnected = True
-            cut_short = pump.stopped or pump.cancelled
-            # Some servers report a dropped client as a silent end of body: compare with the
-            # announced length.
-            if not cut_short and request.content_length is not None:
-                disconnected = disconnected or count < request.content_length
+            announced = request.content_length
+            if announced is not None and count >= announced:
+                # Everything arrived, even if a stop came in before the end was seen.
+                interrupted = cancelled = False
+            else:
+                interrupted, cancelled = pump.stopped, pump.cancelled
+                # Some servers report a dropped client as a silent end of body: compare with
+                # the announced length.
+                if announced is not None and not (interrupted or cancelled):
+                    disconnected = True
+            received = _Received(count, disconnected, cancelled, interrupted)
             if checksum is not None and hasher is not None:
                 # A checksum covers the whole body: a cut-off body cannot be verified.
-                if disconnected or cut_short:
+                if disconnected or interrupted or cancelled:
                     await writer.discard()
-                    return _Received(0, disconnected, pump.cancelled)
+                    received.count = 0
+                    return received
                 if not hmac.compare_digest(hasher.digest(), checksum.digest):
                     await writer.discard()
                     raise errors.ChecksumMismatch()
             await writer.flush()
-        return _Received(count, disconnected, pump.cancelled)
+        return received
 
     # ------------------------------------------------------------------ DELETE (termination)
 
