@@ -3,7 +3,8 @@
 ``POST /files/`` creates an empty file with a random name in ``$TUS_UPLOAD_DIR`` and answers 201
 with ``Location``. ``PATCH /files/<name>`` writes the body (read from ``wsgi.input`` in 1 MiB
 pieces, never past ``CONTENT_LENGTH``) at the ``Upload-Offset`` header's offset and answers 204
-with the new ``Upload-Offset``. No validation, no records, no fsync.
+with the new ``Upload-Offset``. ``HEAD /files/<name>`` answers 200 with ``Upload-Offset`` = the
+file's size. No validation, no records, no fsync.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
         return [b""]
     name = path[len(PREFIX) :]
     # Only a name this app could have made: keeps the request path out of the filesystem.
+    if method == "HEAD" and path.startswith(PREFIX) and name.isalnum():
+        try:
+            size = os.stat(os.path.join(UPLOAD_DIR, name)).st_size
+        except FileNotFoundError:
+            start_response("404 Not Found", [("Content-Length", "0")])
+            return []
+        start_response("200 OK", [("Upload-Offset", str(size)), ("Content-Length", "0")])
+        return []
     if method == "PATCH" and path.startswith(PREFIX) and name.isalnum():
         offset = int(environ.get("HTTP_UPLOAD_OFFSET") or 0)
         remaining = int(environ.get("CONTENT_LENGTH") or 0)
