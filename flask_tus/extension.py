@@ -156,7 +156,7 @@ class FlaskTus:
     @staticmethod
     def _make_store(app: Flask, model: Any, db: Any, upload_dir: str) -> UploadStore:
         if model is None:
-            return JsonFileStore(upload_dir)
+            return JsonFileStore(upload_dir, fsync=bool(app.config["TUS_FSYNC"]))
         # A class with the protocol's methods passes the runtime check too: only instances
         # are stores, a class goes through its from_flask.
         if isinstance(model, UploadStore) and not isinstance(model, type):

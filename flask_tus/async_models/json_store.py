@@ -33,9 +33,10 @@ class JsonFileStore:
     the read-compare-write, so they are atomic across threads and processes on this host.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
         self._lock_path = self.directory / ".records.lock"
 
     def _path(self, upload_id: str) -> Path:
@@ -45,20 +46,32 @@ class JsonFileStore:
 
     # Blocking helpers, always run in a worker thread.
 
-    def _write(self, upload: Upload) -> None:
-        target = self._path(upload.id)
+    def _write_temp(self, upload: Upload) -> str:
+        """The record in a new temporary file beside its final name, synced when ``fsync``."""
         fd, tmp = tempfile.mkstemp(prefix=f".{upload.id}.", suffix=".tmp", dir=self.directory)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as file:
                 json.dump(upload.to_dict(), file, separators=(",", ":"))
                 file.flush()
-                os.fsync(file.fileno())
-            os.replace(tmp, target)
+                if self.fsync:
+                    os.fsync(file.fileno())
         except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+            _unlink(tmp)
             raise
-        _fsync_dir(self.directory)
+        return tmp
+
+    def _write(self, upload: Upload) -> None:
+        tmp = self._write_temp(upload)
+        try:
+            os.replace(tmp, self._path(upload.id))
+        except BaseException:
+            _unlink(tmp)
+            raise
+        self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        if self.fsync:
+            _fsync_dir(self.directory)
 
     def _read(self, upload_id: str) -> Upload:
         try:
@@ -77,13 +90,21 @@ class JsonFileStore:
                 fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
     def _commit(self, upload: Upload, expected_offset: int) -> None:
-        with self._records_locked():
-            current = self._read(upload.id)
-            if current.offset != expected_offset:
-                raise OffsetMismatch(
-                    f"the upload moved to offset {current.offset} during this request"
-                )
-            self._write(upload)
+        # Only the compare and the rename need the lock; the slow part (writing and syncing
+        # the new version) happens before, so commits of different uploads barely wait.
+        tmp = self._write_temp(upload)
+        try:
+            with self._records_locked():
+                current = self._read(upload.id)
+                if current.offset != expected_offset:
+                    raise OffsetMismatch(
+                        f"the upload moved to offset {current.offset} during this request"
+                    )
+                os.replace(tmp, self._path(upload.id))
+        except BaseException:
+            _unlink(tmp)
+            raise
+        self._sync_dir()
 
     def _delete(self, upload_id: str) -> None:
         with self._records_locked(), contextlib.suppress(FileNotFoundError):
@@ -128,3 +149,8 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

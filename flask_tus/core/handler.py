@@ -239,7 +239,7 @@ class TusHandler:
                 concat=concat.kind if concat else None,
             )
 
-        await self.hooks.run("on_create", self._event("on_create", upload, request))
+        await self._fire("on_create", upload, request)
         # Data first, record second: a crash between them leaves an orphan file (reported by
         # the cleanup command), never a record that points at nothing.
         await self.storage.create(upload_id)
@@ -283,7 +283,7 @@ class TusHandler:
     async def _complete_empty(self, upload: Upload, request: TusRequest) -> Upload:
         finished = upload.copy(completed_at=self.clock())
         await self.store.commit(finished, expected_offset=0)
-        await self.hooks.run("on_complete", self._event("on_complete", finished, request))
+        await self._fire("on_complete", finished, request)
         return finished
 
     # ------------------------------------------------------------------ HEAD
@@ -321,12 +321,11 @@ class TusHandler:
         new_length = parse_uint("Upload-Length", headers.get("upload-length"))
         parse_checksum(headers.get("upload-checksum"), self.settings.checksum_algorithms)
 
-        upload = await self._get_live(upload_id)
-        if upload.concat == "final":
-            raise errors.Forbidden("a final upload cannot be patched")
         async with self.locker.lock(upload_id) as held:
-            # Re-read under the lock: the record may have moved while we waited.
+            # Read under the lock: the record may have moved while we waited.
             upload = await self._get_live(upload_id)
+            if upload.concat == "final":
+                raise errors.Forbidden("a final upload cannot be patched")
             upload, received = await self._write_chunk(upload, request, held, offset, new_length)
         received.raise_if_cut_short()
         response_headers = {"Upload-Offset": str(upload.offset)}
@@ -373,7 +372,7 @@ class TusHandler:
         )
 
         staged = upload.copy(length=length)
-        await self.hooks.run("pre_save", self._event("pre_save", staged, request))
+        await self._fire("pre_save", staged, request)
         received = await self._receive(
             upload.id, request, held=held, offset=offset, limit=limit, checksum=checksum
         )
@@ -385,11 +384,11 @@ class TusHandler:
         committed = staged.copy(offset=new_offset, completed_at=self.clock() if done else None)
         # Compare-and-set: only the request that saw this offset may move it.
         await self.store.commit(committed, expected_offset=offset)
-        await self.hooks.run("post_save", self._event("post_save", committed, request))
+        await self._fire("post_save", committed, request)
         if done:
             # Reaching the length happens once per upload (the commit above is a CAS), so this
             # hook fires exactly once.
-            await self.hooks.run("on_complete", self._event("on_complete", committed, request))
+            await self._fire("on_complete", committed, request)
         return committed, received
 
     async def _receive(
@@ -455,9 +454,9 @@ class TusHandler:
         upload = await self.store.get(upload_id)
         async with self.locker.lock(upload_id):
             upload = await self.store.get(upload_id)
-            await self.hooks.run("pre_delete", self._event("pre_delete", upload, request))
+            await self._fire("pre_delete", upload, request)
             await self.remove(upload_id)
-        await self.hooks.run("post_delete", self._event("post_delete", upload, request))
+        await self._fire("post_delete", upload, request)
         return TusResponse(204)
 
     async def remove(self, upload_id: str) -> None:
@@ -518,7 +517,7 @@ class TusHandler:
             total = sum(p.offset for p in parts)
             done = current.copy(length=total, offset=total, completed_at=self.clock())
             await self.store.commit(done, expected_offset=current.offset)
-        await self.hooks.run("on_complete", self._event("on_complete", done, request))
+        await self._fire("on_complete", done, request)
         return done
 
     # ------------------------------------------------------------------ helpers
@@ -547,6 +546,11 @@ class TusHandler:
         limit = self.settings.max_size
         if length is not None and limit is not None and length > limit:
             raise errors.PayloadTooLarge(f"Upload-Length exceeds the maximum size of {limit}")
+
+    async def _fire(self, name: str, upload: Upload, request: TusRequest) -> None:
+        """Run hook ``name``; the event (a copy of the headers) is built only if it has any."""
+        if name in self.hooks:
+            await self.hooks.run(name, self._event(name, upload, request))
 
     def _event(self, name: str, upload: Upload, request: TusRequest) -> HookEvent:
         info = RequestInfo(

@@ -63,13 +63,16 @@ class Hooks:
     """
 
     def __init__(self) -> None:
-        self._funcs: dict[str, list[Callable[..., Any]]] = {name: [] for name in HOOK_NAMES}
+        # Each function with whether it takes the event (looked up once, not per call).
+        self._funcs: dict[str, list[tuple[Callable[..., Any], bool]]] = {
+            name: [] for name in HOOK_NAMES
+        }
 
     def add(self, name: str, func: F) -> F:
         """Register ``func`` for hook ``name``; ``ValueError`` for an unknown name."""
         if name not in self._funcs:
             raise ValueError(f"unknown hook {name!r}; expected one of {', '.join(HOOK_NAMES)}")
-        self._funcs[name].append(func)
+        self._funcs[name].append((func, _wants_event(func)))
         return func
 
     def on_create(self, func: F) -> F:
@@ -99,9 +102,9 @@ class Hooks:
         For a pre-hook an exception propagates (a ``TusError`` refuses the request). For a
         post-hook it is logged and swallowed: the change it reports is already committed.
         """
-        for func in self._funcs[name]:
+        for func, wants_event in self._funcs[name]:
             try:
-                result = func(event) if _wants_event(func) else func()
+                result = func(event) if wants_event else func()
                 if inspect.isawaitable(result):
                     await result
             except Exception:

@@ -68,8 +68,17 @@ class FileLocker:
             raise ValueError(f"invalid upload id {upload_id!r}")
         return self.directory / f"{upload_id}{suffix}"
 
+    @classmethod
+    def _try_acquire(cls, path: Path, stop_path: Path) -> int | None:
+        """The locked descriptor, or ``None``; on success a stop request meant for the
+        previous holder is cleared (one thread hop for both)."""
+        fd = cls._lock_file(path)
+        if fd is not None:
+            cls._clear_stop(stop_path)
+        return fd
+
     @staticmethod
-    def _try_acquire(path: Path) -> int | None:
+    def _lock_file(path: Path) -> int | None:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -107,7 +116,7 @@ class FileLocker:
         stop_path = self._path(upload_id, ".stop")
         deadline = time.monotonic() + self.timeout
         while True:
-            fd = await asyncio.to_thread(self._try_acquire, path)
+            fd = await asyncio.to_thread(self._try_acquire, path, stop_path)
             if fd is not None:
                 break
             if time.monotonic() >= deadline:
@@ -117,8 +126,6 @@ class FileLocker:
             await asyncio.to_thread(self._request_stop, stop_path)
             await asyncio.sleep(self.interval)
         try:
-            # A request to stop was meant for the previous holder, not for us.
-            await asyncio.to_thread(self._clear_stop, stop_path)
             yield FileLockHandle(stop_path)
         finally:
             await asyncio.to_thread(self._release, path, fd)
