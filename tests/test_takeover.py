@@ -174,3 +174,29 @@ async def test_lease_errors_from_the_store_propagate() -> None:
     with pytest.raises(UploadNotFound):
         async with LeaseLocker(Missing()).lock("d" * 32):
             pass
+
+
+async def test_cancelled_wait_for_a_lease_gives_back_what_it_took() -> None:
+    """A request cancelled while its acquire is in flight (server shutdown, client gone) does
+    not leave a lease behind that would block the upload until it expires."""
+
+    class SlowAcquire(MemoryLeases):
+        async def acquire_lease(self, upload_id: str, owner: str, ttl: float) -> bool:
+            taken = await super().acquire_lease(upload_id, owner, ttl)
+            await asyncio.sleep(10)  # the database answered, the reply is still on its way
+            return taken
+
+    leases = SlowAcquire()
+    upload_id = "e" * 32
+
+    async def take() -> None:
+        async with LeaseLocker(leases, ttl=60, timeout=1).lock(upload_id):
+            pass
+
+    waiter = asyncio.create_task(take())
+    await asyncio.sleep(0.05)
+    assert leases.leases[upload_id][0] is not None
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert leases.leases[upload_id][0] is None

@@ -68,11 +68,17 @@ class LeaseLocker:
         async with local as local_handle:
             owner = secrets.token_hex(16)
             deadline = time.monotonic() + self.timeout
-            while not await self.store.acquire_lease(upload_id, owner, self.ttl):
-                if time.monotonic() >= deadline:
-                    raise UploadLocked()
-                await self.store.request_release(upload_id)
-                await asyncio.sleep(self.interval)
+            try:
+                while not await self.store.acquire_lease(upload_id, owner, self.ttl):
+                    if time.monotonic() >= deadline:
+                        raise UploadLocked()
+                    await self.store.request_release(upload_id)
+                    await asyncio.sleep(self.interval)
+            except asyncio.CancelledError:
+                # An acquire cut short may still have landed in the database: give it back
+                # rather than block the upload until the lease expires.
+                await asyncio.shield(self.store.release_lease(upload_id, owner))
+                raise
             handle = _Combined(LeaseHandle(), local_handle)
             keeper = asyncio.create_task(self._keep(upload_id, owner, handle.lease))
             try:
