@@ -10,9 +10,7 @@ This module knows no web framework; it is tested with a bare handler.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -20,8 +18,7 @@ from typing import Any
 from .core.errors import ClientDisconnected
 from .core.handler import TusHandler
 from .core.messages import Headers, TusRequest, TusResponse
-
-log = logging.getLogger("flask_tus")
+from .core.messages import collection_path as normalise_collection
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -47,9 +44,7 @@ class TusASGI:
         context: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.handler = handler
-        self.collection_path = "/" + collection_path.strip("/") + "/"
-        if self.collection_path == "//":
-            self.collection_path = "/"
+        self.collection_path = normalise_collection(collection_path)
         self.fallback = fallback
         self.context = context or contextlib.nullcontext
 
@@ -107,17 +102,13 @@ class TusASGI:
         )
         with self.context():
             response = await self.handler.handle(request)
-        if not request.has_body or body.done:
-            await _send(send, response, head=scope["method"] == "HEAD")
-            return
-        # A refused request leaves its body unread. Receive the rest while answering: most
-        # clients send all of it before they read the answer, and hypercorn does not finish a
-        # response until the request is read (nor read a body the app does not ask for).
-        draining = asyncio.create_task(body.drain())
-        try:
-            await _send(send, response, head=scope["method"] == "HEAD")
-        finally:
-            await draining
+        if request.has_body and not body.done:
+            # A refused request leaves its body unread. Receive the rest before answering: most
+            # clients send all of it before they read the answer, hypercorn does not finish a
+            # response while the request is unread (nor read a body the app does not ask for),
+            # and a connection whose request was read whole can be kept alive.
+            await body.drain()
+        await _send(send, response, head=scope["method"] == "HEAD")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Answered here because the WSGI fallback does not speak lifespan.
