@@ -15,6 +15,7 @@ from .core.checksum import ALGORITHMS
 from .core.handler import TusHandler
 from .core.hooks import HOOK_NAMES, HookEvent, Hooks
 from .core.lease import LeaseLocker
+from .core.messages import collection_path
 from .core.protocols import DataStorage, LeaseStore, Locker, UploadStore
 from .core.settings import TusSettings, parse_networks
 from .core.upload import Upload
@@ -138,18 +139,15 @@ class FlaskTus:
             hooks=self.hooks,
             settings=settings,
         )
-        # "/" must stay "/": "//<id>" in Location would name another host (a scheme-relative URL).
-        collection_path = "/" + "".join(
-            f"{part}/" for part in str(config["TUS_UPLOAD_URL"]).split("/") if part
-        )
-        app.extensions["tus"] = TusState(self, handler, collection_path, upload_dir)
+        collection = collection_path(str(config["TUS_UPLOAD_URL"]))
+        app.extensions["tus"] = TusState(self, handler, collection, upload_dir)
         if self.app is None:
             self.app = app
 
         from .blueprint import make_blueprint
         from .cli import tus_cli
 
-        app.register_blueprint(make_blueprint(collection_path))
+        app.register_blueprint(make_blueprint(collection))
         if "tus" not in app.cli.commands:
             app.cli.add_command(tus_cli)
 

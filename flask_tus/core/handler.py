@@ -221,15 +221,8 @@ class TusHandler:
             if length is not None and deferred:
                 raise errors.BadRequest("send Upload-Length or Upload-Defer-Length, not both")
             self._check_max(length)
-            announced = request.content_length
-            limit = length if length is not None else self.settings.max_size
-            if limit is not None and announced is not None and announced > limit:
-                # creation-with-upload: refuse before anything is created.
-                raise errors.PayloadTooLarge(
-                    "the body would pass Upload-Length"
-                    if length is not None
-                    else "the body would pass the maximum upload size"
-                )
+            # creation-with-upload: refuse before anything is created.
+            self._check_announced(request, 0, length)
             upload = Upload(
                 id=upload_id,
                 length=length,
@@ -359,14 +352,7 @@ class TusHandler:
                 length = new_length
             elif new_length != length:
                 raise errors.BadRequest("Upload-Length cannot change once set")
-        limit = length if length is not None else self.settings.max_size
-        announced = request.content_length
-        if announced is not None and limit is not None and offset + announced > limit:
-            raise errors.PayloadTooLarge(
-                "the body would pass Upload-Length"
-                if length is not None
-                else "the body would pass the maximum upload size"
-            )
+        limit = self._check_announced(request, offset, length)
         checksum = parse_checksum(
             request.headers.get("upload-checksum"), self.settings.checksum_algorithms
         )
@@ -451,7 +437,6 @@ class TusHandler:
     # ------------------------------------------------------------------ DELETE (termination)
 
     async def _delete(self, upload_id: str, request: TusRequest) -> TusResponse:
-        upload = await self.store.get(upload_id)
         async with self.locker.lock(upload_id):
             upload = await self.store.get(upload_id)
             await self._fire("pre_delete", upload, request)
@@ -541,6 +526,19 @@ class TusHandler:
         if upload.is_complete and not self.settings.expire_completed:
             return {}
         return {"Upload-Expires": http_date(upload.expires_at)}
+
+    def _check_announced(self, request: TusRequest, offset: int, length: int | None) -> int | None:
+        """The most bytes the upload may hold (its length, else the maximum size); raises
+        ``PayloadTooLarge`` when the announced body would pass it from ``offset``."""
+        limit = length if length is not None else self.settings.max_size
+        announced = request.content_length
+        if announced is not None and limit is not None and offset + announced > limit:
+            raise errors.PayloadTooLarge(
+                "the body would pass Upload-Length"
+                if length is not None
+                else "the body would pass the maximum upload size"
+            )
+        return limit
 
     def _check_max(self, length: int | None) -> None:
         limit = self.settings.max_size

@@ -18,6 +18,12 @@ class Headers(dict[str, str]):
         return headers
 
 
+def collection_path(url: str) -> str:
+    """The collection URL's path as the adapters use it: one leading and one trailing slash,
+    no empty segments (``"/"`` stays ``"/"``: ``"//<id>"`` in Location would name a host)."""
+    return "/" + "".join(f"{part}/" for part in url.split("/") if part)
+
+
 async def empty_body() -> AsyncIterator[bytes]:
     """A body with no bytes."""
     return
