@@ -2,13 +2,21 @@
 
 Under a WSGI server the body is ``request.stream``, read in ``TUS_CHUNK_SIZE`` pieces in a
 worker thread so the view's event loop never blocks on the socket.
+
+The async view runs on an event loop of its own in the server's thread (:func:`run_async`)
+rather than through Flask's default ``async_to_sync``: asgiref starts a thread and an event
+loop per request, and each such loop a pool of worker threads of its own, so every upload
+started and joined about six threads. Under gunicorn with 8 threads and 32 clients that thread
+churn, not the bytes, bounded the uploads per second (see ``benchmarks/README.md``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from typing import IO
+import functools
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import IO, Any, TypeVar
 
 from flask import Blueprint, Response, current_app, request
 from werkzeug.exceptions import ClientDisconnected as WerkzeugClientDisconnected
@@ -16,9 +24,54 @@ from werkzeug.exceptions import ClientDisconnected as WerkzeugClientDisconnected
 from .core.errors import ClientDisconnected
 from .core.messages import Headers, TusRequest, TusResponse
 
+T = TypeVar("T")
+
 _METHODS = ["OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"]
 #: The most of a refused request's body read away to keep its connection usable.
 _DRAIN_LIMIT = 8 * 2**20
+#: Worker threads shared by every request's loop (blocking body reads, file and record I/O).
+#: Threads start only when none is idle; a body read from a slow client holds one for as long
+#: as the client is silent, so the bound is generous.
+_MAX_WORKERS = 256
+
+
+class _SharedExecutor(ThreadPoolExecutor):
+    """The default executor of every request's loop; outlives them all.
+
+    ``loop.close()`` shuts its default executor down, which must not stop the threads the next
+    request will use, so ``shutdown`` does nothing; the threads end with the interpreter.
+    """
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        pass
+
+
+#: Made at import; it starts no thread until the first request needs one.
+_EXECUTOR = _SharedExecutor(_MAX_WORKERS, thread_name_prefix="flask-tus")
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    loop = asyncio.new_event_loop()
+    loop.set_default_executor(_EXECUTOR)
+    return loop
+
+
+def run_async(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to the end on a new event loop in this thread and return its result.
+
+    The loop's worker threads come from one pool shared by all requests, so a request starts
+    no thread. The task runs in a copy of this thread's context: Flask's request and app
+    contexts stay visible to the handler and its hooks. Raises ``RuntimeError`` when this
+    thread already runs an event loop (as ``asyncio.run`` does).
+    """
+    loop = _new_loop()
+    try:
+        return loop.run_until_complete(coroutine)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
 
 
 class _Body:
@@ -26,7 +79,8 @@ class _Body:
 
     Each read runs in a worker thread and cannot be called off once started, so a read whose
     awaiting task was cancelled (a writer asked to let go) stays pending and its piece is the
-    next one handed out: two reads never run at once, and no byte is skipped.
+    next one handed out: two reads never run at once, and no byte is skipped. The next read
+    starts as soon as a piece is handed out, so at most two pieces are held at a time.
     """
 
     def __init__(self, stream: IO[bytes], piece_size: int) -> None:
@@ -46,22 +100,26 @@ class _Body:
         except ClientDisconnected:
             pass
 
+    def _read_next(self) -> asyncio.Future[bytes]:
+        return asyncio.ensure_future(asyncio.to_thread(self._stream.read, self._piece_size))
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while not self.exhausted:
             if self._pending is None:
-                self._pending = asyncio.ensure_future(
-                    asyncio.to_thread(self._stream.read, self._piece_size)
-                )
+                self._pending = self._read_next()
             try:
                 piece = await asyncio.shield(self._pending)
             except (WerkzeugClientDisconnected, OSError) as exc:
                 self._pending = None
                 self.exhausted = True
                 raise ClientDisconnected() from exc
-            self._pending = None
             if not piece:
+                self._pending = None
                 self.exhausted = True
                 return
+            # Read the next piece while this one is written: the socket and the disk work at
+            # the same time instead of taking turns.
+            self._pending = self._read_next()
             yield piece
 
 
@@ -109,7 +167,7 @@ def to_flask_response(result: TusResponse) -> Response:
 
 def _iterate(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
     """Drive an async byte stream from the WSGI server's thread on a private event loop."""
-    loop = asyncio.new_event_loop()
+    loop = _new_loop()
     try:
         while True:
             try:
@@ -123,15 +181,26 @@ def _iterate(stream: AsyncIterator[bytes]) -> Iterator[bytes]:
         loop.close()
 
 
+def _sync_view(view: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """``view`` for Flask to call from a WSGI server's thread, run by :func:`run_async`."""
+
+    @functools.wraps(view)
+    def run(**kwargs: Any) -> T:
+        return run_async(view(**kwargs))
+
+    return run
+
+
 def make_blueprint(collection_path: str) -> Blueprint:
     """Routes for ``collection_path`` (with and without its trailing slash, no redirect) and
-    ``collection_path + <upload_id>``."""
+    ``collection_path + <upload_id>``, served by :func:`tus_view`."""
     blueprint = Blueprint("tus", __name__)
+    view = _sync_view(tus_view)
     # Flask answers OPTIONS itself unless told not to; tus needs its own OPTIONS response.
     blueprint.add_url_rule(
         collection_path,
         "collection",
-        tus_view,
+        view,
         methods=_METHODS,
         strict_slashes=False,
         provide_automatic_options=False,
@@ -139,7 +208,7 @@ def make_blueprint(collection_path: str) -> Blueprint:
     blueprint.add_url_rule(
         collection_path + "<upload_id>",
         "upload",
-        tus_view,
+        view,
         methods=_METHODS,
         provide_automatic_options=False,
     )

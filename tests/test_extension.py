@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import threading
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from email.utils import parsedate_to_datetime
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import OCTET, TUS, create, patch_headers
-from flask import Flask
+from flask import Flask, current_app, request
 from flask.testing import FlaskClient
 
 import flask_tus
@@ -473,3 +474,44 @@ async def test_md5_of_an_unknown_upload_is_not_found(make_app: Any) -> None:
     _, tus = make_app()
     with pytest.raises(UploadNotFound):
         await tus.md5("0" * 32)
+
+
+# ---------------------------------------------------------------------- under a WSGI server
+
+
+def test_wsgi_requests_start_no_threads(
+    make_app: Any, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under WSGI the tus view runs on a loop in the server's thread, its blocking work on one
+    shared pool, so requests reuse threads (asgiref's ``async_to_sync`` started a loop thread
+    and a pool of its own for every request); hooks still see the app and the request."""
+    app, tus = make_app()
+    seen: list[tuple[str, str]] = []
+
+    @tus.hooks.post_save
+    def remember() -> None:
+        seen.append((current_app.name, request.method))
+
+    client = app.test_client()
+
+    def upload() -> None:
+        location = create(client, length=3)
+        assert client.patch(location, data=b"abc", headers=patch_headers(0)).status_code == 204
+        assert client.head(location, headers=TUS).headers["Upload-Offset"] == "3"
+
+    for _ in range(3):
+        upload()
+    started: list[str] = []
+    real_start = threading.Thread.start
+
+    def counting_start(thread: threading.Thread) -> None:
+        started.append(thread.name)
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", counting_start)
+    for _ in range(20):
+        upload()
+    # 60 requests, each with several hops to a worker thread; a pool thread may still start
+    # when a submit finds every idle thread just finishing, never one per request.
+    assert len(started) <= 5, started
+    assert seen == [(app.name, "PATCH")] * 23

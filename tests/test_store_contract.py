@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import multiprocessing
+import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from flask_tus.core.protocols import (
     Locker,
     UploadStore,
 )
+from flask_tus.storage import local as local_storage
 from flask_tus.storage.local import LocalStorage
 from flask_tus.storage.locks import FileLocker
 
@@ -567,3 +569,63 @@ def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
         child.join(60)
         if child.is_alive():  # pragma: no cover - only when the child hangs
             child.kill()
+
+
+async def test_local_writer_survives_short_vectored_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the kernel takes fewer bytes than offered, the rest is written next, in order."""
+    real_writev = os.writev
+    calls: list[int] = []
+
+    def short_writev(fd: int, buffers: Sequence[bytes | memoryview]) -> int:
+        calls.append(len(buffers))
+        # At most 3 bytes per call: splits pieces and stops between them.
+        head = b"".join(bytes(b) for b in buffers)[:3]
+        return real_writev(fd, [head])
+
+    monkeypatch.setattr(local_storage.os, "writev", short_writev)
+    storage = LocalStorage(tmp_path, chunk_size=64, fsync=True)
+    upload_id = new_id()
+    await storage.create(upload_id)
+    pieces = [b"ab", b"", b"cdefg", b"h", b"ijklmnop"]
+    await write(storage, upload_id, 0, *pieces)
+    assert (tmp_path / upload_id).read_bytes() == b"abcdefghijklmnop"
+    assert len(calls) == 6  # 16 bytes, 3 at a time
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux-only")
+async def test_local_writer_starts_writeback_as_bytes_arrive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With fsync on, writeback starts every ``WRITEBACK_INTERVAL`` bytes, each time from
+    where it last started (one interval back: those pages are dropped once on disk), and the
+    final flush fsyncs; with fsync off, neither happens."""
+    advised: list[tuple[int, int, int]] = []
+    synced: list[int] = []
+    real_fadvise, real_fsync = os.posix_fadvise, os.fsync
+
+    def fadvise(fd: int, offset: int, length: int, advice: int) -> None:
+        advised.append((offset, length, advice))
+        real_fadvise(fd, offset, length, advice)
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(local_storage.os, "posix_fadvise", fadvise)
+    monkeypatch.setattr(local_storage.os, "fsync", fsync)
+    monkeypatch.setattr(local_storage, "WRITEBACK_INTERVAL", 10)
+    piece = bytes(range(4))
+    for fsync_on, expected in ((True, [4, 4, 16]), (False, [])):
+        advised.clear()
+        synced.clear()
+        storage = LocalStorage(tmp_path / str(fsync_on), chunk_size=4, fsync=fsync_on)
+        upload_id = new_id()
+        await storage.create(upload_id)
+        await write(storage, upload_id, 0, piece)
+        await write(storage, upload_id, 4, *[piece] * 9)  # 36 bytes in 4-byte buffers
+        assert storage.path(upload_id).read_bytes() == piece * 10
+        # The first writer wrote too little; the second nudges at offsets 16, 28 and 40.
+        assert advised == [(start, 0, os.POSIX_FADV_DONTNEED) for start in expected]
+        assert len(synced) == (2 if fsync_on else 0)
