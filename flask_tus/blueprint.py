@@ -79,8 +79,7 @@ class _Body:
 
     Each read runs in a worker thread and cannot be called off once started, so a read whose
     awaiting task was cancelled (a writer asked to let go) stays pending and its piece is the
-    next one handed out: two reads never run at once, and no byte is skipped. The next read
-    starts as soon as a piece is handed out, so at most two pieces are held at a time.
+    next one handed out: two reads never run at once, and no byte is skipped.
     """
 
     def __init__(self, stream: IO[bytes], piece_size: int) -> None:
@@ -100,26 +99,22 @@ class _Body:
         except ClientDisconnected:
             pass
 
-    def _read_next(self) -> asyncio.Future[bytes]:
-        return asyncio.ensure_future(asyncio.to_thread(self._stream.read, self._piece_size))
-
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while not self.exhausted:
             if self._pending is None:
-                self._pending = self._read_next()
+                self._pending = asyncio.ensure_future(
+                    asyncio.to_thread(self._stream.read, self._piece_size)
+                )
             try:
                 piece = await asyncio.shield(self._pending)
             except (WerkzeugClientDisconnected, OSError) as exc:
                 self._pending = None
                 self.exhausted = True
                 raise ClientDisconnected() from exc
+            self._pending = None
             if not piece:
-                self._pending = None
                 self.exhausted = True
                 return
-            # Read the next piece while this one is written: the socket and the disk work at
-            # the same time instead of taking turns.
-            self._pending = self._read_next()
             yield piece
 
 

@@ -32,9 +32,8 @@ WRITEBACK_INTERVAL = 4 * 2**20
 class LocalWriter:
     """Writes one request's bytes from a start offset, coalescing small pieces.
 
-    Pieces are gathered up to ``buffer_size`` bytes and handed to the kernel together in one
-    vectored write (``os.writev``) in a worker thread: a body arriving in 64 KiB pieces costs
-    one thread hop per buffer, is never copied into a joined buffer, and memory stays bounded by
+    Pieces are gathered up to ``buffer_size`` bytes and written together in a worker thread: a
+    body arriving in 64 KiB pieces costs one thread hop per buffer, and memory stays bounded by
     the buffer. The file is unbuffered: this buffer is the only one.
     """
 
@@ -177,8 +176,6 @@ class LocalStorage:
 
 
 _CAN_START_WRITEBACK = hasattr(os, "posix_fadvise")
-#: The most buffers one ``writev`` call takes (POSIX guarantees at least 16).
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 16
 
 
 @aiofiles.os.wrap
@@ -186,18 +183,15 @@ def _write_pieces(fd: int, pieces: list[bytes], *, writeback_from: int | None, s
     """Write ``pieces`` in order at the file's position, then start writeback from
     ``writeback_from`` or fsync, all in one worker thread (aiofiles' executor).
 
-    ``writev`` may take fewer bytes than offered (as ``write`` may); the rest goes in the next
-    call, so every byte is written exactly once or an ``OSError`` is raised.
+    The pieces are joined here, off the event loop, and written with one ``write`` per buffer:
+    a 1 MiB buffer of 64 KiB pieces went to disk 5-10% faster under hypercorn and about 50%
+    faster under uvicorn (smaller pieces) than as one ``writev`` of the pieces. ``write`` may
+    take fewer bytes than offered; the rest goes in the next call, so every byte is written
+    exactly once or an ``OSError`` is raised.
     """
-    views: list[bytes | memoryview] = list(pieces)
-    done = 0
-    while done < len(views):
-        written = os.writev(fd, views[done : done + _IOV_MAX])
-        while done < len(views) and written >= len(views[done]):
-            written -= len(views[done])
-            done += 1
-        if written:
-            views[done] = memoryview(views[done])[written:]
+    view = memoryview(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+    while view:
+        view = view[os.write(fd, view) :]
     if sync:
         os.fsync(fd)
     elif writeback_from is not None:
