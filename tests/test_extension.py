@@ -479,9 +479,7 @@ async def test_md5_of_an_unknown_upload_is_not_found(make_app: Any) -> None:
 # ---------------------------------------------------------------------- under a WSGI server
 
 
-def test_wsgi_requests_start_no_threads(
-    make_app: Any, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_wsgi_requests_start_no_threads(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under WSGI the tus view runs on a loop in the server's thread, its blocking work on one
     shared pool, so requests reuse threads (asgiref's ``async_to_sync`` started a loop thread
     and a pool of its own for every request); hooks still see the app and the request."""

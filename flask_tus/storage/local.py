@@ -184,10 +184,10 @@ def _write_pieces(fd: int, pieces: list[bytes], *, writeback_from: int | None, s
     ``writeback_from`` or fsync, all in one worker thread (aiofiles' executor).
 
     The pieces are joined here, off the event loop, and written with one ``write`` per buffer:
-    a 1 MiB buffer of 64 KiB pieces went to disk 5-10% faster under hypercorn and about 50%
-    faster under uvicorn (smaller pieces) than as one ``writev`` of the pieces. ``write`` may
-    take fewer bytes than offered; the rest goes in the next call, so every byte is written
-    exactly once or an ``OSError`` is raised.
+    one 512 MiB PATCH went to disk 2-10% faster under hypercorn and 40-55% faster under
+    uvicorn than with one ``writev`` of the pieces per buffer. ``write`` may take fewer bytes
+    than offered; the rest goes in the next call, so every byte is written exactly once or an
+    ``OSError`` is raised.
     """
     view = memoryview(pieces[0] if len(pieces) == 1 else b"".join(pieces))
     while view:
