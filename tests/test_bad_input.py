@@ -586,6 +586,7 @@ BAD_IDS: dict[str, Callable[[str], str]] = {
     "record-file": lambda i: i + ".json",
     "lock-file": lambda i: i + ".lock",
     "records-lock": lambda i: ".records.lock",
+    "locks-file": lambda i: ".tus-locks",
     "trailing-space": lambda i: i + "%20",
     "nul-byte": lambda i: i + "%00",
     "very-long": lambda i: i * 200,

@@ -203,9 +203,9 @@ def test_newer_patch_takes_over_a_stalled_one(server: Server) -> None:
         assert reply.split(" ", 2)[1] == "400", reply
         assert "interrupted" in reply
     assert (server.upload_dir / upload_id(url)).read_bytes() == data
-    # Per-upload lock and stop files are removed (the store's one shared lock file stays).
+    # No lock or stop file stays behind (the locks are bytes of the one file ``.tus-locks``).
     leftovers = [p for p in server.upload_dir.iterdir() if p.suffix in (".lock", ".stop")]
-    assert [p.name for p in leftovers] == [".records.lock"]
+    assert leftovers == []
 
 
 def test_connection_stays_usable_after_a_refused_patch(server: Server) -> None:

@@ -199,7 +199,8 @@ def test_default_url_does_not_serve_a_custom_collection(upload_dir: Path) -> Non
 
 
 def test_upload_dir_receives_data_and_records(tmp_path: Path) -> None:
-    """``TUS_UPLOAD_DIR`` holds each upload's bytes (``<id>``) and record (``<id>.json``)."""
+    """``TUS_UPLOAD_DIR`` holds each upload's bytes (``<id>``) and record (``<id>.json``, one
+    JSON line per version, the last one current)."""
     target = tmp_path / "somewhere" / "else"
     app = new_app(target)
     FlaskTus(app)
@@ -209,8 +210,10 @@ def test_upload_dir_receives_data_and_records(tmp_path: Path) -> None:
     assert response.status_code == 204
     upload_id = upload_id_of(location)
     assert (target / upload_id).read_bytes() == b"hello"
-    stored = json.loads((target / f"{upload_id}.json").read_text())
-    assert stored["offset"] == 5
+    versions = [
+        json.loads(line) for line in (target / f"{upload_id}.json").read_text().splitlines()
+    ]
+    assert [version["offset"] for version in versions] == [0, 5]
 
 
 # ---------------------------------------------------------------------- TUS_MAX_SIZE
@@ -446,7 +449,8 @@ async def test_md5_of_a_multi_chunk_upload(make_app: Any, upload_dir: Path) -> N
     digest = await tus.md5(upload)
     assert digest == hashlib.md5(data).hexdigest()
     assert (await tus.get_upload(upload_id)).md5 == digest
-    assert json.loads((upload_dir / f"{upload_id}.json").read_text())["md5"] == digest
+    last_line = (upload_dir / f"{upload_id}.json").read_text().splitlines()[-1]
+    assert json.loads(last_line)["md5"] == digest
     assert await tus.md5(upload_id) == digest
 
 

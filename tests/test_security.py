@@ -14,6 +14,8 @@ from conftest import OCTET, TUS, create, metadata, patch_headers, stored_files
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
+from flask_tus.storage.locks import LOCKS_FILE
+
 ID = re.compile(r"[0-9a-f]{32}")
 CREATIONS = 1000
 
@@ -86,6 +88,7 @@ def test_ids_are_not_derived_from_metadata_or_length(client: FlaskClient) -> Non
         "..\\..\\windows\\win.ini",
         "../uploads/../../escape",
         ".records.lock",
+        ".tus-locks",
         "x.json",
     ],
 )
@@ -100,7 +103,7 @@ def test_metadata_never_becomes_a_path(
     upload_id = _id(location)
 
     after = stored_files(upload_dir)
-    assert set(after) - set(before) - {".records.lock"} == {upload_id, f"{upload_id}.json"}
+    assert set(after) - set(before) - {LOCKS_FILE} == {upload_id, f"{upload_id}.json"}
     assert after[upload_id] == b"hello"
     assert not [p for p in upload_dir.rglob("*") if p.is_dir()]
     assert sorted(p.name for p in upload_dir.parent.iterdir()) == parent_before

@@ -7,10 +7,14 @@ class then runs against it.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
+import json
 import multiprocessing
 import os
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -18,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from flask_tus import Upload
-from flask_tus.async_models.json_store import JsonFileStore
+from flask_tus.async_models import json_store
+from flask_tus.async_models.json_store import JsonFileStore, UnreadableRecord
 from flask_tus.core.errors import OffsetMismatch, UploadLocked, UploadNotFound
 from flask_tus.core.ids import new_id
 from flask_tus.core.protocols import (
@@ -29,7 +34,7 @@ from flask_tus.core.protocols import (
 )
 from flask_tus.storage import local as local_storage
 from flask_tus.storage.local import LocalStorage
-from flask_tus.storage.locks import FileLocker
+from flask_tus.storage.locks import LOCKS_FILE, ONE_FILE_SUPPORTED, FileLocker
 
 # Whole milliseconds: the precision every store keeps (BSON dates have milliseconds only).
 CREATED = datetime(2026, 3, 1, 12, 30, 15, 123000, tzinfo=UTC)
@@ -218,6 +223,162 @@ def _run_all(threads: list[threading.Thread]) -> None:
         thread.start()
     for thread in threads:
         thread.join(60)
+
+
+# ====================================================================== JsonFileStore on disk
+
+
+def record_lines(store: JsonFileStore, upload_id: str) -> list[bytes]:
+    return (store.directory / f"{upload_id}.json").read_bytes().splitlines(keepends=True)
+
+
+async def test_json_commits_append_one_line_each(tmp_path: Path) -> None:
+    """A record file holds one JSON line per version; the last one is the record."""
+    store = JsonFileStore(tmp_path)
+    upload = plain_record()
+    await store.create(upload)
+    await store.commit(upload.copy(offset=40), expected_offset=0)
+    await store.commit(upload.copy(offset=100), expected_offset=40)
+    lines = record_lines(store, upload.id)
+    assert [json.loads(line)["offset"] for line in lines] == [0, 40, 100]
+    assert all(line.endswith(b"\n") for line in lines)
+    assert not [p.name for p in tmp_path.iterdir() if p.name != f"{upload.id}.json"]
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b'{"id":"', b"\x00" * 300, b"not json\n", b"[1, 2]\n"],
+    ids=["torn-line", "zeros", "garbage-line", "not-a-record"],
+)
+async def test_json_torn_tail_is_ignored_and_cut(tmp_path: Path, tail: bytes) -> None:
+    """What a crash mid-commit leaves after the last good line is not the record: ``get``
+    returns the previous version, and the next commit cuts the tail off before appending."""
+    store = JsonFileStore(tmp_path)
+    upload = plain_record()
+    await store.create(upload)
+    moved = upload.copy(offset=40)
+    await store.commit(moved, expected_offset=0)
+    path = tmp_path / f"{upload.id}.json"
+    good = path.read_bytes()
+    path.write_bytes(good + tail)
+    assert await store.get(upload.id) == moved
+    with pytest.raises(OffsetMismatch):
+        await store.commit(upload.copy(offset=50), expected_offset=0)
+    done = upload.copy(offset=100)
+    await store.commit(done, expected_offset=40)
+    assert await store.get(upload.id) == done
+    assert (
+        path.read_bytes()
+        == good + json.dumps(done.to_dict(), separators=(",", ":")).encode() + b"\n"
+    )
+
+
+async def test_json_record_of_the_earlier_format_is_read_and_extended(tmp_path: Path) -> None:
+    """A record written as one JSON object without a newline (the earlier format) reads as
+    the record, and a commit starts a new line after it."""
+    store = JsonFileStore(tmp_path)
+    upload = full_record().copy(length=100, concat=None, parts=(), completed_at=None)
+    path = tmp_path / f"{upload.id}.json"
+    path.write_text(json.dumps(upload.to_dict(), separators=(",", ":")))
+    assert await store.get(upload.id) == upload
+    moved = upload.copy(offset=90)
+    await store.commit(moved, expected_offset=7)
+    assert await store.get(upload.id) == moved
+    assert [json.loads(line)["offset"] for line in record_lines(store, upload.id)] == [7, 90]
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b'{"id": "abc', b"\x00" * 64], ids=["empty", "torn", "zeros"]
+)
+async def test_json_record_without_a_complete_line_is_unreadable(
+    tmp_path: Path, content: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A record file with no complete version (a crash during ``create``) is an error for
+    ``get`` and ``commit``, and ``iter_uploads`` skips it with a log line."""
+    store = JsonFileStore(tmp_path)
+    upload_id = new_id()
+    (tmp_path / f"{upload_id}.json").write_bytes(content)
+    with pytest.raises(UnreadableRecord):
+        await store.get(upload_id)
+    with pytest.raises(UnreadableRecord):
+        await store.commit(plain_record().copy(id=upload_id), expected_offset=0)
+    assert (tmp_path / f"{upload_id}.json").read_bytes() == content
+    assert [u async for u in store.iter_uploads()] == []
+    assert f"tus record {upload_id} is unreadable" in caplog.text
+
+
+async def test_json_record_is_compacted_past_its_size_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past ``COMPACT_SIZE`` bytes a record file is rewritten as its one current line,
+    through a temporary file that does not stay behind."""
+    monkeypatch.setattr(json_store, "COMPACT_SIZE", 1000)
+    store = JsonFileStore(tmp_path)
+    upload = plain_record().copy(length=None)
+    await store.create(upload)
+    sizes = []
+    for offset in range(1, 13):
+        await store.commit(upload.copy(offset=offset), expected_offset=offset - 1)
+        sizes.append(len(record_lines(store, upload.id)))
+    # About 150 bytes a line: the file is compacted each time it would pass 1000 bytes.
+    assert 1 in sizes and max(sizes) < 8
+    assert await store.get(upload.id) == upload.copy(offset=12)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{upload.id}.json"]
+
+
+def _commit_behind_a_held_lock(
+    store: JsonFileStore, upload: Upload, meanwhile: Callable[[Path], None]
+) -> BaseException | None:
+    """Hold the record's lock while a commit waits for it, run ``meanwhile`` on the record's
+    path, then let go; what the commit raised (``None`` if it succeeded)."""
+    path = store.directory / f"{upload.id}.json"
+    fd = os.open(path, os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    outcome: list[BaseException | None] = []
+
+    def commit() -> None:
+        try:
+            asyncio.run(store.commit(upload.copy(offset=5), expected_offset=0))
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=commit)
+    thread.start()
+    time.sleep(0.2)  # the commit is blocked on the lock by now (else it would have finished)
+    assert not outcome
+    meanwhile(path)
+    os.close(fd)
+    thread.join(30)
+    return outcome[0]
+
+
+async def test_json_commit_waiting_on_a_deleted_record_is_not_found(tmp_path: Path) -> None:
+    """A commit that waited for the lock of a record deleted meanwhile raises
+    ``UploadNotFound`` and writes nothing anywhere."""
+    store = JsonFileStore(tmp_path)
+    upload = plain_record()
+    await store.create(upload)
+    result = await asyncio.to_thread(_commit_behind_a_held_lock, store, upload, os.unlink)
+    assert isinstance(result, UploadNotFound)
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_json_commit_waiting_on_a_compacted_record_uses_the_new_file(
+    tmp_path: Path,
+) -> None:
+    """A commit that waited for the lock of a file replaced meanwhile (compaction) commits
+    to the new file."""
+    store = JsonFileStore(tmp_path)
+    upload = plain_record()
+    await store.create(upload)
+
+    def replace(path: Path) -> None:
+        path.with_suffix(".new").write_bytes(path.read_bytes())
+        os.replace(path.with_suffix(".new"), path)
+
+    assert await asyncio.to_thread(_commit_behind_a_held_lock, store, upload, replace) is None
+    assert await store.get(upload.id) == upload.copy(offset=5)
 
 
 # ====================================================================== DataStorage
@@ -423,14 +584,42 @@ async def test_local_data_is_a_file_named_by_id(tmp_path: Path) -> None:
 # ====================================================================== FileLocker
 
 
+#: Both ways of locking where this platform has both (bytes of one file needs 64-bit Linux).
+LOCK_MODES = [
+    pytest.param(
+        True,
+        id="one-file",
+        marks=pytest.mark.skipif(not ONE_FILE_SUPPORTED, reason="needs 64-bit Linux"),
+    ),
+    pytest.param(False, id="file-per-upload"),
+]
+
+
+@pytest.fixture(params=LOCK_MODES)
+def one_file(request: pytest.FixtureRequest) -> bool:
+    mode: bool = request.param
+    return mode
+
+
 @pytest.fixture
-def locker(tmp_path: Path) -> FileLocker:
-    return FileLocker(tmp_path / "locks", timeout=0.1, interval=0.01)
+def locker(tmp_path: Path, one_file: bool) -> FileLocker:
+    return FileLocker(tmp_path / "locks", timeout=0.1, interval=0.01, one_file=one_file)
 
 
 def lock_files(locker: FileLocker) -> list[str]:
-    """Every file in the locker's directory (lock files and any marker beside them)."""
-    return sorted(p.name for p in locker.directory.iterdir())
+    """Every file in the locker's directory (lock files and any marker beside them), except
+    the one file whose bytes are the locks, which stays."""
+    return sorted(p.name for p in locker.directory.iterdir() if p.name != LOCKS_FILE)
+
+
+def test_one_file_locks_are_the_default_where_supported(tmp_path: Path) -> None:
+    """64-bit Linux (where CI runs) locks bytes of one file; elsewhere it asks for an error."""
+    assert FileLocker(tmp_path).one_file is ONE_FILE_SUPPORTED
+    if sys.platform == "linux" and sys.maxsize > 2**32:
+        assert ONE_FILE_SUPPORTED
+    else:
+        with pytest.raises(ValueError):
+            FileLocker(tmp_path, one_file=True)
 
 
 async def test_locker_is_a_locker(locker: FileLocker) -> None:
@@ -450,9 +639,11 @@ async def test_second_lock_on_the_same_id_is_refused(locker: FileLocker) -> None
         pass
 
 
-async def test_waiter_gets_a_lock_released_within_its_timeout(tmp_path: Path) -> None:
+async def test_waiter_gets_a_lock_released_within_its_timeout(
+    tmp_path: Path, one_file: bool
+) -> None:
     """A waiter is not refused at once: it gets a lock released before its wait ends."""
-    patient = FileLocker(tmp_path, timeout=30, interval=0.01)
+    patient = FileLocker(tmp_path, timeout=30, interval=0.01, one_file=one_file)
     upload_id = new_id()
     order: list[str] = []
     holding = asyncio.Event()
@@ -473,10 +664,11 @@ async def test_waiter_gets_a_lock_released_within_its_timeout(tmp_path: Path) ->
 
 
 async def test_different_ids_do_not_conflict(locker: FileLocker) -> None:
-    """Locks on different ids are independent."""
+    """Locks on different ids are independent; one file's locks create no file per lock."""
     first, second = new_id(), new_id()
     async with locker.lock(first), locker.lock(second):
-        assert len(lock_files(locker)) == 2
+        expected = [] if locker.one_file else sorted([f"{first}.lock", f"{second}.lock"])
+        assert lock_files(locker) == expected
 
 
 async def test_lock_files_are_removed_after_release(locker: FileLocker) -> None:
@@ -484,7 +676,7 @@ async def test_lock_files_are_removed_after_release(locker: FileLocker) -> None:
     refusal or an error."""
     upload_id = new_id()
     async with locker.lock(upload_id):
-        assert lock_files(locker) == [f"{upload_id}.lock"]
+        assert lock_files(locker) == ([] if locker.one_file else [f"{upload_id}.lock"])
         with pytest.raises(UploadLocked):
             async with locker.lock(upload_id):
                 pass
@@ -524,32 +716,34 @@ async def test_invalid_id_never_becomes_a_path(locker: FileLocker) -> None:
             pass
 
 
-def _hold_in_child(directory: str, upload_id: str, locked: object, release: object) -> None:
+def _hold_in_child(
+    directory: str, upload_id: str, one_file: bool, locked: object, release: object
+) -> None:
     """Child process: hold the lock until told to let go."""
     locked_event: threading.Event = locked  # type: ignore[assignment]
     release_event: threading.Event = release  # type: ignore[assignment]
 
     async def hold() -> None:
-        async with FileLocker(directory, timeout=5).lock(upload_id):
+        async with FileLocker(directory, timeout=5, one_file=one_file).lock(upload_id):
             locked_event.set()
             await asyncio.to_thread(release_event.wait, 30)
 
     asyncio.run(hold())
 
 
-def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
+def test_lock_is_exclusive_across_processes(tmp_path: Path, one_file: bool) -> None:
     """A lock held by another process refuses this one; it is free once that process lets go."""
     context = multiprocessing.get_context("spawn")
     locked, release = context.Event(), context.Event()
     directory = tmp_path / "locks"
     upload_id = new_id()
     child = context.Process(
-        target=_hold_in_child, args=(str(directory), upload_id, locked, release)
+        target=_hold_in_child, args=(str(directory), upload_id, one_file, locked, release)
     )
     child.start()
     try:
         assert locked.wait(60), "the child never took the lock"
-        locker = FileLocker(directory, timeout=0.1, interval=0.01)
+        locker = FileLocker(directory, timeout=0.1, interval=0.01, one_file=one_file)
 
         async def attempt() -> str:
             try:

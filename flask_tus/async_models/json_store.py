@@ -1,8 +1,19 @@
-"""The embedded default metadata store: one JSON file per upload, no service needed.
+"""The embedded default metadata store: one JSON Lines file per upload, no service needed.
 
-Records live beside the data as ``<directory>/<id>.json``. Every write goes to a temporary file
-that is fsynced and then renamed over the record, so a record is always either the old or the
-new version, even after ``kill -9`` or a power cut.
+Records live beside the data as ``<directory>/<id>.json``. Each version of a record is one line
+of JSON; the last complete line is the record. ``create`` writes the first line, each
+``commit`` appends one, and every write is synced (with ``fsync`` on) before it returns.
+
+Why append rather than write a new file and rename it over the old one: a commit then creates
+and frees no inode and needs neither a rename nor a directory sync. Under 32 concurrent 1 MiB
+uploads on ext4, creating the temporary files took a sixth of the server's CPU time, and one
+lock for all renames made commits queue behind each other.
+
+A record is always either its old or its new version, even after ``kill -9`` or a power cut:
+a line is written whole before it counts, a reader skips a torn last line (no newline, or not
+a record), and the next commit cuts such a tail off before it appends. Once a file passes
+:data:`COMPACT_SIZE` it is rewritten as one line (temporary file, sync, rename). A record
+written by an earlier version of this store (one JSON object, no newline) reads as one line.
 """
 
 from __future__ import annotations
@@ -10,10 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
 import logging
 import os
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -24,91 +35,117 @@ from ..core.upload import Upload
 log = logging.getLogger("flask_tus")
 
 _SUFFIX = ".json"
+#: A record file past this many bytes (a few hundred commits) is compacted to one line.
+COMPACT_SIZE = 64 * 1024
+#: Most record files are one or two lines: one read takes them whole.
+_READ_SIZE = 16384
+_TEMP_NUMBERS = itertools.count()
+#: Syncs a file's bytes and its size; the timestamps ``fsync`` would add are not needed.
+_sync_data = getattr(os, "fdatasync", os.fsync)
+
+
+class UnreadableRecord(ValueError):
+    """A record file holds no complete version of its record."""
 
 
 class JsonFileStore:
-    """Upload records as JSON files in ``directory`` (created if missing).
+    """Upload records as JSON Lines files in ``directory`` (created if missing).
 
-    Compare-and-set commits hold an exclusive ``flock`` on ``<directory>/.records.lock`` for
-    the read-compare-write, so they are atomic across threads and processes on this host.
+    Compare-and-set commits hold an exclusive ``flock`` on the record's own file for the
+    read-compare-append, so they are atomic across threads and processes on this host, and
+    commits of different uploads never wait for each other.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = True) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
-        self._lock_path = self.directory / ".records.lock"
 
-    def _path(self, upload_id: str) -> Path:
+    def _path(self, upload_id: str) -> str:
         if not is_valid_id(upload_id):
             raise UploadNotFound()
-        return self.directory / f"{upload_id}{_SUFFIX}"
+        return os.path.join(self.directory, upload_id + _SUFFIX)
 
-    # Blocking helpers, always run in a worker thread.
+    # Blocking helpers, always run in a worker thread. Raw descriptors throughout: each call
+    # that releases the GIL is a chance for a thread switch, and buffered text files made
+    # several per record.
 
-    def _write_temp(self, upload: Upload) -> str:
-        """The record in a new temporary file beside its final name, synced when ``fsync``."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{upload.id}.", suffix=".tmp", dir=self.directory)
+    def _create(self, upload: Upload) -> None:
+        path = self._path(upload.id)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump(upload.to_dict(), file, separators=(",", ":"))
-                file.flush()
-                if self.fsync:
-                    os.fsync(file.fileno())
+            try:
+                _pwrite_all(fd, _line(upload), 0)
+                self._sync(fd)
+            finally:
+                os.close(fd)
+            self._sync_dir()
         except BaseException:
-            _unlink(tmp)
+            _unlink(path)
             raise
-        return tmp
-
-    def _write(self, upload: Upload) -> None:
-        tmp = self._write_temp(upload)
-        try:
-            os.replace(tmp, self._path(upload.id))
-        except BaseException:
-            _unlink(tmp)
-            raise
-        self._sync_dir()
-
-    def _sync_dir(self) -> None:
-        if self.fsync:
-            _fsync_dir(self.directory)
 
     def _read(self, upload_id: str) -> Upload:
         try:
-            with open(self._path(upload_id), encoding="utf-8") as file:
-                return Upload.from_dict(json.load(file))
+            fd = os.open(self._path(upload_id), os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError as exc:
             raise UploadNotFound() from exc
-
-    @contextlib.contextmanager
-    def _records_locked(self) -> Iterator[None]:
-        with open(self._lock_path, "a+b") as lock_file:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
+        try:
+            upload, _ = _last_record(_read_all(fd))
+        finally:
+            os.close(fd)
+        return upload
 
     def _commit(self, upload: Upload, expected_offset: int) -> None:
-        # Only the compare and the rename need the lock; the slow part (writing and syncing
-        # the new version) happens before, so commits of different uploads barely wait.
-        tmp = self._write_temp(upload)
+        path = self._path(upload.id)
+        with _locked_record(path) as fd:
+            data = _read_all(fd)
+            current, end = _last_record(data)
+            if current.offset != expected_offset:
+                raise OffsetMismatch(
+                    f"the upload moved to offset {current.offset} during this request"
+                )
+            if end < len(data):
+                # A torn line from a crashed writer: it never counted, and appending after it
+                # would glue the new line to it.
+                os.ftruncate(fd, end)
+            line = _line(upload)
+            if not data[:end].endswith(b"\n"):
+                line = b"\n" + line  # a record from before this format: one object, no newline
+            _pwrite_all(fd, line, end)
+            self._sync(fd)
+            if end + len(line) > COMPACT_SIZE:
+                self._compact(path, upload)
+
+    def _compact(self, path: str, upload: Upload) -> None:
+        """Replace the record file with one holding only ``upload`` (caller holds its lock)."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        while True:
+            # Unique within this process by the counter, across processes by the pid; a name
+            # left by a crashed process with the same pid is skipped.
+            tmp = os.path.join(
+                self.directory, f".{upload.id}.{os.getpid()}.{next(_TEMP_NUMBERS)}.tmp"
+            )
+            try:
+                fd = os.open(tmp, flags, 0o644)
+                break
+            except FileExistsError:
+                continue
         try:
-            with self._records_locked():
-                current = self._read(upload.id)
-                if current.offset != expected_offset:
-                    raise OffsetMismatch(
-                        f"the upload moved to offset {current.offset} during this request"
-                    )
-                os.replace(tmp, self._path(upload.id))
+            try:
+                _pwrite_all(fd, _line(upload), 0)
+                self._sync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
         except BaseException:
             _unlink(tmp)
             raise
         self._sync_dir()
 
     def _delete(self, upload_id: str) -> None:
-        with self._records_locked(), contextlib.suppress(FileNotFoundError):
-            os.unlink(self._path(upload_id))
+        path = self._path(upload_id)
+        with contextlib.suppress(UploadNotFound), _locked_record(path):
+            os.unlink(path)
 
     def _list(self) -> list[str]:
         names = []
@@ -118,10 +155,24 @@ class JsonFileStore:
                 names.append(stem)
         return names
 
+    def _sync(self, fd: int) -> None:
+        if self.fsync:
+            _sync_data(fd)
+
+    def _sync_dir(self) -> None:
+        """Make a new or renamed name in the directory durable (POSIX needs the directory
+        itself synced)."""
+        if self.fsync:
+            fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     # The UploadStore protocol.
 
     async def create(self, upload: Upload) -> None:
-        await asyncio.to_thread(self._write, upload)
+        await asyncio.to_thread(self._create, upload)
 
     async def get(self, upload_id: str) -> Upload:
         return await asyncio.to_thread(self._read, upload_id)
@@ -142,13 +193,67 @@ class JsonFileStore:
                 log.error("tus record %s is unreadable; skipped", upload_id)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable (POSIX needs the directory itself synced)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+@contextlib.contextmanager
+def _locked_record(path: str) -> Iterator[int]:
+    """The record file at ``path``, open for reading and writing, under an exclusive ``flock``.
+
+    Raises ``UploadNotFound`` when the record is gone, also when it was deleted while we
+    waited. A file compacted while we waited was replaced by a new one: lock that instead.
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError as exc:
+            raise UploadNotFound() from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError as exc:
+                raise UploadNotFound() from exc
+            if current:
+                yield fd
+                return
+        finally:
+            # Closing the descriptor releases the lock.
+            os.close(fd)
+
+
+def _line(upload: Upload) -> bytes:
+    return json.dumps(upload.to_dict(), separators=(",", ":")).encode() + b"\n"
+
+
+def _last_record(data: bytes) -> tuple[Upload, int]:
+    """The last complete record in a record file's bytes, and where its line ends.
+
+    Raises ``UnreadableRecord`` when there is none.
+    """
+    # Whatever follows the last newline is a torn write, except in a file without any: one
+    # object from before this format (a torn first line would not parse). A line that does
+    # not parse is damaged, and the one before it is the record.
+    end = data.rfind(b"\n") + 1 or len(data)
+    while end > 0:
+        start = data.rfind(b"\n", 0, end - 1) + 1
+        try:
+            return Upload.from_dict(json.loads(data[start:end])), end
+        except (ValueError, KeyError, TypeError):
+            end = start
+    raise UnreadableRecord("the record file holds no complete record")
+
+
+def _read_all(fd: int) -> bytes:
+    pieces = []
+    while piece := os.read(fd, _READ_SIZE):
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def _unlink(path: str) -> None:
