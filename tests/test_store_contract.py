@@ -24,7 +24,7 @@ import pytest
 from flask_tus import Upload
 from flask_tus.async_models import json_store
 from flask_tus.async_models.json_store import JsonFileStore, UnreadableRecord
-from flask_tus.core.errors import OffsetMismatch, UploadLocked, UploadNotFound
+from flask_tus.core.errors import OffsetMismatch, TusError, UploadLocked, UploadNotFound
 from flask_tus.core.ids import new_id
 from flask_tus.core.protocols import (
     ConcatenatingStorage,
@@ -787,6 +787,48 @@ async def test_local_writer_survives_short_writes(
 
 
 @pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="posix_fadvise is Linux-only")
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors in /proc")
+@pytest.mark.parametrize("pieces", [[b"abc"], [b"abcdef", b"gh"]], ids=["flush", "buffer-full"])
+async def test_local_writer_closes_its_file_when_a_write_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pieces: list[bytes]
+) -> None:
+    """A failing write (disk full) reaches the caller, and the data file is closed all the
+    same, whether the failure came in the final flush or in a full buffer's write."""
+
+    def disk_full(fd: int, data: bytes | memoryview) -> int:
+        raise OSError(28, "No space left on device")
+
+    storage = LocalStorage(tmp_path, chunk_size=4, fsync=True)
+    upload_id = new_id()
+    await storage.create(upload_id)
+    before = open_descriptors()
+    monkeypatch.setattr(local_storage.os, "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        await write(storage, upload_id, 0, *pieces)
+    assert open_descriptors() == before
+    assert (tmp_path / upload_id).read_bytes() == b""
+
+
+async def test_local_writer_refuses_missing_or_short_data(tmp_path: Path) -> None:
+    """A writer at an offset past the data's end is refused (bytes once acknowledged are gone),
+    as is one for data that is missing; neither file is touched."""
+    storage = LocalStorage(tmp_path, fsync=False)
+    upload_id = new_id()
+    await storage.create(upload_id)
+    await write(storage, upload_id, 0, b"abc")
+    with pytest.raises(TusError) as caught:
+        await write(storage, upload_id, 5, b"xyz")
+    assert caught.value.status == 500
+    with pytest.raises(UploadNotFound):
+        await write(storage, new_id(), 0, b"xyz")
+    assert [p.name for p in tmp_path.iterdir()] == [upload_id]
+    assert (tmp_path / upload_id).read_bytes() == b"abc"
+
+
 async def test_local_writer_starts_writeback_as_bytes_arrive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
