@@ -326,6 +326,28 @@ async def test_json_record_is_compacted_past_its_size_limit(
     assert [p.name for p in tmp_path.iterdir()] == [f"{upload.id}.json"]
 
 
+async def test_json_commit_stands_when_compaction_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A commit whose line is synced succeeds even if compacting the file then fails (disk
+    full): the record is the new version, the file stays long, no temporary file is left."""
+    monkeypatch.setattr(json_store, "COMPACT_SIZE", 200)
+    store = JsonFileStore(tmp_path)
+    upload = plain_record()
+    await store.create(upload)
+
+    def disk_full(source: str, target: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(json_store.os, "replace", disk_full)
+    moved = upload.copy(offset=40)
+    await store.commit(moved, expected_offset=0)
+    assert await store.get(upload.id) == moved
+    assert len(record_lines(store, upload.id)) == 2
+    assert [p.name for p in tmp_path.iterdir()] == [f"{upload.id}.json"]
+    assert f"tus record {upload.id} could not be compacted" in caplog.text
+
+
 def _commit_behind_a_held_lock(
     store: JsonFileStore, upload: Upload, meanwhile: Callable[[Path], None]
 ) -> BaseException | None:

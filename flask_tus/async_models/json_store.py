@@ -114,7 +114,12 @@ class JsonFileStore:
             _pwrite_all(fd, line, end)
             self._sync(fd)
             if end + len(line) > COMPACT_SIZE:
-                self._compact(path, upload)
+                try:
+                    self._compact(path, upload)
+                except OSError:
+                    # The commit stands (its line is synced); a full disk only leaves the file
+                    # long until a later commit compacts it.
+                    log.warning("tus record %s could not be compacted", upload.id, exc_info=True)
 
     def _compact(self, path: str, upload: Upload) -> None:
         """Replace the record file with one holding only ``upload`` (caller holds its lock)."""
