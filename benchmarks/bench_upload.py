@@ -119,6 +119,14 @@ class Result(Outcome):
     #: uploads/s, each upload's latency, each HEAD's latency.
     many_runs: list[tuple[float, list[float], list[float]]] = field(default_factory=list)
 
+    def medians(self) -> tuple[float, float, float]:
+        """The median round of one PATCH, split PATCHes and uploads/s (NaN without rounds)."""
+        return (
+            _median([mb_s for mb_s, _ in self.big_runs]),
+            _median(self.split_runs),
+            _median([per_s for per_s, _, _ in self.many_runs]),
+        )
+
     def summarise(self) -> None:
         """The best round of each measurement; latencies are those of the best batch."""
         if self.big_runs:
@@ -356,6 +364,21 @@ def ratios(results: list[Result], work: Workload) -> str:
     return table(header, rows)
 
 
+def median_ratios(results: list[Result], work: Workload) -> str:
+    """The throughput ratios of the median rounds: a baseline's lucky round (see "Reading the
+    figures" in benchmarks/README.md) moves them less than the best rounds'."""
+    header = ("server", "x1 MB/s", f"x{work.patches} MB/s", "uploads/s")
+    rows = [
+        (server, *(ratio(t, b) for t, b in zip(tus.medians(), base.medians(), strict=True)))
+        for server, base, tus in pairs(results)
+    ]
+    return table(header, rows)
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def targets(results: list[Result]) -> list[str]:
     """One line per server: flask-tus against the issue's targets (informative, not a check)."""
 
@@ -478,6 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         "latency and RSS: lower is better):\n"
     )
     print(ratios(results, work))
+    print("\nThe same of the median rounds (the targets below use the best rounds):\n")
+    print(median_ratios(results, work))
     print()
     for r in results:
         print(r.runs())
