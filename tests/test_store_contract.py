@@ -712,6 +712,53 @@ async def test_lock_files_are_removed_after_release(locker: FileLocker) -> None:
     assert lock_files(locker) == []
 
 
+async def test_waiter_asks_the_holder_to_stop(tmp_path: Path, one_file: bool) -> None:
+    """A holder sees no stop request until another request waits for its lock, sees it while
+    that request waits, and whoever holds the lock after the waiter gave up sees none."""
+    locker = FileLocker(tmp_path, timeout=0.3, interval=0.01, one_file=one_file)
+    upload_id = new_id()
+    async with locker.lock(upload_id) as holder:
+        assert not holder.stop_requested()
+        waiting = asyncio.ensure_future(locker.lock(upload_id).__aenter__())
+        await asyncio.sleep(0.15)  # the waiter asked; the holder looks at most every 50 ms
+        assert holder.stop_requested()
+        with pytest.raises(UploadLocked):
+            await waiting
+    async with locker.lock(upload_id) as next_holder:
+        await asyncio.sleep(0.06)
+        assert not next_holder.stop_requested()
+    assert lock_files(locker) == []
+
+
+async def test_waiter_that_gets_the_lock_does_not_ask_itself_to_stop(
+    tmp_path: Path, one_file: bool
+) -> None:
+    """A waiter asked the holder to stop; once the holder let go and the waiter holds the
+    lock, that request is not seen by the waiter itself."""
+    locker = FileLocker(tmp_path, timeout=5, interval=0.01, one_file=one_file)
+    upload_id = new_id()
+    holding = asyncio.Event()
+    seen: list[bool] = []
+
+    async def holder() -> None:
+        async with locker.lock(upload_id) as handle:
+            holding.set()
+            for _ in range(500):  # stop_requested is polled, as a writer does between pieces
+                if handle.stop_requested():
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError("the holder never saw the request to stop")
+
+    async def waiter() -> None:
+        await holding.wait()
+        async with locker.lock(upload_id) as handle:
+            await asyncio.sleep(0.06)
+            seen.append(handle.stop_requested())
+
+    await asyncio.wait_for(asyncio.gather(holder(), waiter()), 10)
+    assert seen == [False]
+
+
 async def test_lock_is_exclusive_across_threads(locker: FileLocker) -> None:
     """A lock held on one thread's event loop refuses a request on another thread's loop."""
     upload_id = new_id()

@@ -16,7 +16,7 @@ from flask_tus.core.errors import UploadLocked, UploadNotFound
 from flask_tus.core.lease import LeaseLocker
 from flask_tus.core.protocols import Locker
 from flask_tus.storage.local import LocalStorage
-from flask_tus.storage.locks import FileLocker
+from flask_tus.storage.locks import ONE_FILE_SUPPORTED, FileLocker
 
 PIECE = 64 * 1024
 TOTAL = 20 * PIECE
@@ -114,9 +114,23 @@ async def takeover(handler: TusHandler, upload_dir: Path) -> None:
     assert (upload_dir / upload_id).read_bytes() == data
 
 
-async def test_file_lock_holder_lets_go_for_a_newer_request(upload_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "one_file",
+    [
+        pytest.param(
+            True,
+            id="one-file",
+            marks=pytest.mark.skipif(not ONE_FILE_SUPPORTED, reason="needs 64-bit Linux"),
+        ),
+        pytest.param(False, id="file-per-upload"),
+    ],
+)
+async def test_file_lock_holder_lets_go_for_a_newer_request(
+    upload_dir: Path, one_file: bool
+) -> None:
     """With the host-local locks, the newer request gets the upload, not a 423."""
-    await takeover(make_handler(upload_dir, FileLocker(upload_dir, timeout=2)), upload_dir)
+    locker = FileLocker(upload_dir, timeout=2, one_file=one_file)
+    await takeover(make_handler(upload_dir, locker), upload_dir)
     assert not list(upload_dir.glob("*.stop"))
 
 
