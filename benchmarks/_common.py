@@ -195,6 +195,20 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time used so far by ``pid`` and its descendants (seconds)."""
+    ticks = 0
+    for member in process_tree(pid):
+        try:
+            # Fields after the command name, which may hold spaces: utime and stime are the
+            # 12th and 13th of them.
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 class RssSampler(threading.Thread):
     """Samples the VmRSS of a process tree every ``interval`` seconds, keeping the peak of the
     tree's sum, the peak of its largest process (the worker that serves requests) and the peak
@@ -375,6 +389,8 @@ class Outcome:
     peak_process_mb: float = float("nan")
     #: Per phase (by the phase function's name): how far the server's RSS rose during each run.
     growth_mb: dict[str, list[float]] = field(default_factory=dict)
+    #: Per phase: the CPU seconds the server's processes used during each run.
+    cpu_s: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
@@ -409,14 +425,19 @@ class Subject(Generic[R]):
     def run(self, step: Step, phase: str | None = None) -> None:
         """Run one measurement step unless this subject already failed, then check and delete
         what it stored, so that every step starts on an empty directory and a clean page cache.
-        With a ``phase`` name, the RSS growth during the step is recorded under it.
+        With a ``phase`` name, the RSS growth and the server's CPU time during the step are
+        recorded under it.
         """
         if self.result.error is not None:
             return
         try:
             if phase is not None and self.sampler is not None:
                 self.sampler.begin()
+            cpu_before = cpu_seconds(self.proc.process.pid)
             sent = step(self.proc.url)
+            if phase is not None:
+                cpu = cpu_seconds(self.proc.process.pid) - cpu_before
+                self.result.cpu_s.setdefault(phase, []).append(cpu)
             if phase is not None and self.sampler is not None:
                 growth = self.sampler.growth_kib() * 1024 / MB
                 self.result.growth_mb.setdefault(phase, []).append(growth)

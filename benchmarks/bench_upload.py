@@ -297,6 +297,7 @@ def figures(results: list[Result], work: Workload) -> str:
         "x1 RSS +MB",
         f"x{work.patches} MB/s",
         "uploads/s",
+        "CPU ms/upload",
         "p50 ms",
         "p99 ms",
         "HEAD p50 ms",
@@ -315,6 +316,7 @@ def figures(results: list[Result], work: Workload) -> str:
             fmt(r.big_growth_mb),
             fmt(r.split_mb_s, 0),
             fmt(r.uploads_per_s),
+            fmt(cpu_ms_per_upload(r, work), 2),
             fmt(r.p50_ms),
             fmt(r.p99_ms),
             fmt(r.head_p50_ms),
@@ -327,6 +329,11 @@ def figures(results: list[Result], work: Workload) -> str:
         for r in results
     ]
     return table(header, rows)
+
+
+def cpu_ms_per_upload(result: Result, work: Workload) -> float:
+    """The server's CPU time per 1 MiB upload, median of the rounds (its HEADs included)."""
+    return _median(result.cpu_s.get("many", [])) * 1000 / len(work.bodies)
 
 
 def pairs(results: list[Result]) -> list[tuple[str, Result, Result]]:
@@ -345,6 +352,7 @@ def ratios(results: list[Result], work: Workload) -> str:
         "x1 MB/s",
         f"x{work.patches} MB/s",
         "uploads/s",
+        "CPU/upload",
         "p50 latency",
         "HEAD p50",
         "peak RSS worker",
@@ -355,6 +363,7 @@ def ratios(results: list[Result], work: Workload) -> str:
             ratio(tus.big_mb_s, base.big_mb_s),
             ratio(tus.split_mb_s, base.split_mb_s),
             ratio(tus.uploads_per_s, base.uploads_per_s),
+            ratio(cpu_ms_per_upload(tus, work), cpu_ms_per_upload(base, work)),
             ratio(tus.p50_ms, base.p50_ms),
             ratio(tus.head_p50_ms, base.head_p50_ms),
             ratio(tus.peak_process_mb, base.peak_process_mb),
