@@ -30,11 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import os
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -54,46 +55,26 @@ _STOP_BYTES = 1 << 60
 
 
 class FileLockHandle:
-    """The holder's view of a file lock: is a newer request waiting for it?"""
+    """The holder's view of its lock: is a newer request waiting for it?
 
-    #: Seconds between two looks at the stop marker (one ``stat`` each).
+    ``check`` looks once (a marker file's ``stat``, or a test of the stop byte); it runs at
+    most every ``CHECK_INTERVAL`` seconds, between body pieces on the event loop, where a
+    thread hop per piece would cost more than the look itself. Once seen, a request stays seen.
+    """
+
     CHECK_INTERVAL = 0.05
 
-    def __init__(self, stop_path: Path) -> None:
-        self._stop_path = stop_path
+    def __init__(self, check: Callable[[], bool]) -> None:
+        self._check = check
         self._checked_at = 0.0
         self._requested = False
 
     def stop_requested(self) -> bool:
-        # One stat at most every CHECK_INTERVAL: cheap enough to run on the event loop between
-        # body pieces, where a thread hop per piece would cost more than the check itself.
         if not self._requested:
             now = time.monotonic()
             if now - self._checked_at >= self.CHECK_INTERVAL:
                 self._checked_at = now
-                self._requested = self._stop_path.exists()
-        return self._requested
-
-
-class ByteLockHandle:
-    """The holder's view of a byte lock: does a waiter hold the upload's stop byte?"""
-
-    #: Seconds between two tests of the stop byte (one ``fcntl`` each).
-    CHECK_INTERVAL = 0.05
-
-    def __init__(self, fd: int, stop_byte: int) -> None:
-        self._fd = fd
-        self._stop_byte = stop_byte
-        self._checked_at = 0.0
-        self._requested = False
-
-    def stop_requested(self) -> bool:
-        # A non-blocking call on a descriptor: fine on the event loop between body pieces.
-        if not self._requested:
-            now = time.monotonic()
-            if now - self._checked_at >= self.CHECK_INTERVAL:
-                self._checked_at = now
-                self._requested = _byte_is_locked(self._fd, self._stop_byte)
+                self._requested = self._check()
         return self._requested
 
 
@@ -137,18 +118,15 @@ class FileLocker:
         return self.directory / f"{upload_id}{suffix}"
 
     @asynccontextmanager
-    async def lock(self, upload_id: str) -> AsyncIterator[ByteLockHandle | FileLockHandle]:
+    async def lock(self, upload_id: str) -> AsyncIterator[FileLockHandle]:
         if not is_valid_id(upload_id):
             raise ValueError(f"invalid upload id {upload_id!r}")
-        if self.one_file:
-            async with self._byte_lock(upload_id) as byte_handle:
-                yield byte_handle
-        else:
-            async with self._file_lock(upload_id) as file_handle:
-                yield file_handle
+        locking = self._byte_lock if self.one_file else self._file_lock
+        async with locking(upload_id) as handle:
+            yield handle
 
     @asynccontextmanager
-    async def _byte_lock(self, upload_id: str) -> AsyncIterator[ByteLockHandle]:
+    async def _byte_lock(self, upload_id: str) -> AsyncIterator[FileLockHandle]:
         byte = _byte_of(upload_id)
         stop_byte = _STOP_BYTES + byte
         deadline = time.monotonic() + self.timeout
@@ -170,7 +148,7 @@ class FileLocker:
                 # Withdraw the request, meant for the holder that let go. A call on the
                 # descriptor that never waits: no thread hop.
                 _set_lock(fd, stop_byte, fcntl.F_UNLCK)
-            yield ByteLockHandle(fd, stop_byte)
+            yield FileLockHandle(functools.partial(_byte_is_locked, fd, stop_byte))
         finally:
             # Closing the descriptor releases the lock.
             await asyncio.to_thread(os.close, fd)
@@ -191,7 +169,7 @@ class FileLocker:
             await asyncio.to_thread(_request_stop, stop_path)
             await asyncio.sleep(self.interval)
         try:
-            yield FileLockHandle(stop_path)
+            yield FileLockHandle(stop_path.exists)
         finally:
             await asyncio.to_thread(_unlink_and_close, path, fd)
 
