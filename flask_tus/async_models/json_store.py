@@ -72,6 +72,16 @@ class JsonFileStore:
 
     def _create(self, upload: Upload) -> None:
         path = self._path(upload.id)
+        self._write_new(path, upload)
+        try:
+            self._sync_dir()
+        except BaseException:
+            _unlink(path)
+            raise
+
+    def _write_new(self, path: str, upload: Upload) -> None:
+        """Create ``path`` (``FileExistsError`` if it exists) holding one line, ``upload``,
+        synced when ``fsync``; on any failure nothing is left at ``path``."""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             try:
@@ -79,7 +89,6 @@ class JsonFileStore:
                 self._sync(fd)
             finally:
                 os.close(fd)
-            self._sync_dir()
         except BaseException:
             _unlink(path)
             raise
@@ -123,7 +132,6 @@ class JsonFileStore:
 
     def _compact(self, path: str, upload: Upload) -> None:
         """Replace the record file with one holding only ``upload`` (caller holds its lock)."""
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
         while True:
             # Unique within this process by the counter, across processes by the pid; a name
             # left by a crashed process with the same pid is skipped.
@@ -131,16 +139,11 @@ class JsonFileStore:
                 self.directory, f".{upload.id}.{os.getpid()}.{next(_TEMP_NUMBERS)}.tmp"
             )
             try:
-                fd = os.open(tmp, flags, 0o644)
+                self._write_new(tmp, upload)
                 break
             except FileExistsError:
                 continue
         try:
-            try:
-                _pwrite_all(fd, _line(upload), 0)
-                self._sync(fd)
-            finally:
-                os.close(fd)
             os.replace(tmp, path)
         except BaseException:
             _unlink(tmp)
