@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -898,6 +899,31 @@ async def test_local_writer_refuses_missing_or_short_data(tmp_path: Path) -> Non
     assert (tmp_path / upload_id).read_bytes() == b"abc"
 
 
+async def test_local_writer_writes_a_full_last_buffer_with_the_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A buffer is written when the next piece would overflow it, so a body that ends on a
+    full buffer is written, synced and closed in one thread hop, and no write carries more than
+    the buffer."""
+    calls: list[tuple[list[bytes], bool]] = []
+    real_write_pieces = local_storage._write_pieces
+
+    async def spy(fd: int, pieces: list[bytes], **options: Any) -> None:
+        calls.append((list(pieces), options.get("sync", False)))
+        await real_write_pieces(fd, pieces, **options)
+
+    monkeypatch.setattr(local_storage, "_write_pieces", spy)
+    storage = LocalStorage(tmp_path, chunk_size=4, fsync=True)
+    upload_id = new_id()
+    await storage.create(upload_id)
+    await write(storage, upload_id, 0, b"ab", b"cd")
+    assert calls == [([b"ab", b"cd"], True)]
+    calls.clear()
+    await write(storage, upload_id, 4, b"ef", b"g", b"h", b"ijklm", b"n")
+    assert calls == [([b"ef", b"g", b"h"], False), ([b"ijklm"], False), ([b"n"], True)]
+    assert storage.path(upload_id).read_bytes() == b"abcdefghijklmn"
+
+
 async def test_local_writer_starts_writeback_as_bytes_arrive(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -920,7 +946,7 @@ async def test_local_writer_starts_writeback_as_bytes_arrive(
     monkeypatch.setattr(local_storage.os, "fsync", fsync)
     monkeypatch.setattr(local_storage, "WRITEBACK_INTERVAL", 10)
     piece = bytes(range(4))
-    for fsync_on, expected in ((True, [4, 4, 16]), (False, [])):
+    for fsync_on, expected in ((True, [4, 4]), (False, [])):
         advised.clear()
         synced.clear()
         storage = LocalStorage(tmp_path / str(fsync_on), chunk_size=4, fsync=fsync_on)
@@ -929,6 +955,7 @@ async def test_local_writer_starts_writeback_as_bytes_arrive(
         await write(storage, upload_id, 0, piece)
         await write(storage, upload_id, 4, *[piece] * 9)  # 36 bytes in 4-byte buffers
         assert storage.path(upload_id).read_bytes() == piece * 10
-        # The first writer wrote too little; the second nudges at offsets 16, 28 and 40.
+        # The first writer wrote too little. The second nudges when its writes reach offsets
+        # 16 and 28; its last piece goes to disk with the final flush, which syncs instead.
         assert advised == [(start, 0, os.POSIX_FADV_DONTNEED) for start in expected]
         assert len(synced) == (2 if fsync_on else 0)

@@ -31,10 +31,11 @@ WRITEBACK_INTERVAL = 4 * 2**20
 class LocalWriter:
     """Writes one request's bytes from a start offset, coalescing small pieces.
 
-    Pieces are gathered up to ``buffer_size`` bytes and written together in a worker thread: a
-    body arriving in 64 KiB pieces costs one thread hop per buffer, and memory stays bounded by
-    the buffer. The descriptor is unbuffered: this buffer is the only one. :meth:`flush` writes
-    the rest, syncs and closes the file in one thread hop; the writer takes no bytes after it.
+    Pieces are gathered until the next one would take them past ``buffer_size`` bytes, then
+    written together in a worker thread: a body arriving in 64 KiB pieces costs one thread hop
+    per buffer, and memory stays bounded by the buffer plus one piece. The descriptor is
+    unbuffered: this buffer is the only one. :meth:`flush` writes the rest, syncs and closes the
+    file in one thread hop; the writer takes no bytes after it.
     """
 
     def __init__(self, fd: int, start: int, buffer_size: int, fsync: bool):
@@ -57,15 +58,18 @@ class LocalWriter:
         return self._fd
 
     async def write(self, data: bytes) -> None:
-        self._buffer.append(data)
-        self._buffered += len(data)
-        if self._buffered >= self._buffer_size:
+        # Written when the next piece would overflow the buffer, not as soon as it is full: a
+        # body that ends on a full buffer (a 1 MiB PATCH with the default size) is then written
+        # by :meth:`flush`, with the sync and the close, in one thread hop instead of two.
+        if self._buffered and self._buffered + len(data) > self._buffer_size:
             pieces = self._take()
             writeback_from = None
             if self._kick and self._position - self._kicked >= WRITEBACK_INTERVAL:
                 writeback_from, self._nudge_from = self._nudge_from, self._kicked
                 self._kicked = self._position
             await _write_pieces(self._open_fd(), pieces, writeback_from=writeback_from)
+        self._buffer.append(data)
+        self._buffered += len(data)
 
     def _take(self) -> list[bytes]:
         pieces, self._buffer = self._buffer, []
