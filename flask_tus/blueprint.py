@@ -80,13 +80,17 @@ class _Body:
     Each read runs in a worker thread and cannot be called off once started, so a read whose
     awaiting task was cancelled (a writer asked to let go) stays pending and its piece is the
     next one handed out: two reads never run at once, and no byte is skipped.
+
+    With ``length`` (the request's ``Content-Length``) the body ends once that many bytes
+    arrived, without one more read (and thread hop) to see the end.
     """
 
-    def __init__(self, stream: IO[bytes], piece_size: int) -> None:
+    def __init__(self, stream: IO[bytes], piece_size: int, length: int | None = None) -> None:
         self._stream = stream
         self._piece_size = piece_size
+        self._left = length
         self._pending: asyncio.Future[bytes] | None = None
-        self.exhausted = False
+        self.exhausted = length == 0
 
     async def drain(self, limit: int) -> None:
         """Read and drop what is left of the body, up to ``limit`` bytes."""
@@ -102,9 +106,10 @@ class _Body:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while not self.exhausted:
             if self._pending is None:
-                self._pending = asyncio.ensure_future(
-                    asyncio.to_thread(self._stream.read, self._piece_size)
-                )
+                size = self._piece_size
+                if self._left is not None:
+                    size = min(size, self._left)
+                self._pending = asyncio.ensure_future(asyncio.to_thread(self._stream.read, size))
             try:
                 piece = await asyncio.shield(self._pending)
             except (WerkzeugClientDisconnected, OSError) as exc:
@@ -115,13 +120,16 @@ class _Body:
             if not piece:
                 self.exhausted = True
                 return
+            if self._left is not None:
+                self._left -= len(piece)
+                self.exhausted = self._left <= 0
             yield piece
 
 
 async def tus_view(upload_id: str | None = None) -> Response:
     """Serve one tus request through the app's :class:`~flask_tus.core.TusHandler`."""
     state = current_app.extensions["tus"]
-    body = _Body(request.stream, state.handler.settings.chunk_size)
+    body = _Body(request.stream, state.handler.settings.chunk_size, request.content_length)
     tus_request = TusRequest(
         method=request.method,
         upload_id=upload_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 import os
 import threading
@@ -481,6 +482,45 @@ async def test_md5_of_an_unknown_upload_is_not_found(make_app: Any) -> None:
 
 
 # ---------------------------------------------------------------------- under a WSGI server
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_wsgi_body_reads_stop_at_content_length(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch, chunked: bool
+) -> None:
+    """Under WSGI a body with ``Content-Length`` is read in pieces of at most the chunk size
+    and never once more after its last byte (each read is a thread hop); a chunked body, whose
+    end only a read can tell, is read until the stream runs dry. Either way every byte lands."""
+    app, _ = make_app(TUS_CHUNK_SIZE=4)
+    sizes: list[int] = []
+    real_to_thread = asyncio.to_thread
+
+    async def counting_to_thread(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        result = await real_to_thread(func, *args, **kwargs)
+        if getattr(func, "__name__", "") == "read":
+            sizes.append(len(result))
+        return result
+
+    monkeypatch.setattr(flask_tus.blueprint.asyncio, "to_thread", counting_to_thread)
+    client = app.test_client()
+    location = create(client, length=10)
+    if chunked:
+        # No Content-Length: the server only learns the body's size by reading it.
+        response = client.patch(
+            location,
+            headers=patch_headers(0, **{"Transfer-Encoding": "chunked"}),
+            environ_overrides={
+                "wsgi.input": io.BytesIO(b"abcdefghij"),
+                "wsgi.input_terminated": True,
+            },
+        )
+    else:
+        response = client.patch(location, data=b"abcdefghij", headers=patch_headers(0))
+    assert response.status_code == 204
+    assert response.headers["Upload-Offset"] == "10"
+    assert sizes == ([4, 4, 2, 0] if chunked else [4, 4, 2])
+    upload_id = location.rsplit("/", 1)[1]
+    assert (Path(app.config["TUS_UPLOAD_DIR"]) / upload_id).read_bytes() == b"abcdefghij"
 
 
 def test_wsgi_requests_start_no_threads(make_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
