@@ -232,9 +232,11 @@ def _write_pieces(
 
     The pieces are joined here, off the event loop, and written with one ``write`` per buffer:
     one 512 MiB PATCH went to disk 2-10% faster under hypercorn and 40-55% faster under
-    uvicorn than with one ``writev`` of the pieces per buffer. ``write`` may take fewer bytes
-    than offered; the rest goes in the next call, so every byte is written exactly once or an
-    ``OSError`` is raised.
+    uvicorn than with one ``writev`` of the pieces per buffer (256 MiB PATCHes under uvicorn:
+    417 vs 793 MB/s, median of 4 rounds; ``perf`` put the difference in page faults on fresh
+    memory for uvicorn's own body buffers). ``write`` may take fewer bytes than offered;
+    the rest goes in the next call, so every byte is written exactly once or an ``OSError`` is
+    raised.
     """
     try:
         if pieces:
