@@ -173,13 +173,13 @@ class MongoModel:
 
     async def _create(self, upload: Upload) -> None:
         uploads = await self._uploads()
-        await uploads.insert_one({"_id": upload.id, **_to_fields(upload)})
+        await uploads.insert_one({"_id": upload.id, **upload.fields()})
 
     async def _commit(self, upload: Upload, expected_offset: int) -> None:
         uploads = await self._uploads()
         updated = await uploads.find_one_and_update(
             {"_id": upload.id, "offset": expected_offset},
-            {"$set": _to_fields(upload)},
+            {"$set": upload.fields()},
             projection={"_id": 1},
             return_document=ReturnDocument.BEFORE,
         )
@@ -324,21 +324,6 @@ class MongoModel:
 
 
 # ---------------------------------------------------------------------- documents
-
-
-def _to_fields(upload: Upload) -> Document:
-    return {
-        "length": upload.length,
-        "offset": upload.offset,
-        "metadata_header": upload.metadata_header,
-        "created_at": upload.created_at,
-        "expires_at": upload.expires_at,
-        "concat": upload.concat,
-        "parts": list(upload.parts),
-        "completed_at": upload.completed_at,
-        "md5": upload.md5,
-        "extra": upload.extra,
-    }
 
 
 def _to_upload(doc: Document) -> Upload:

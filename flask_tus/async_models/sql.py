@@ -14,6 +14,7 @@ share, and any other database, the host's UTC clock.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -39,20 +40,8 @@ DEFAULT_TABLE = "tus_uploads"
 #: Records read per query by :meth:`SQLAlchemyModel.iter_uploads`.
 PAGE_SIZE = 500
 
-#: The columns that hold an :class:`Upload` (the others hold its lease).
-_RECORD_COLUMNS = (
-    "id",
-    "length",
-    "offset",
-    "metadata_header",
-    "created_at",
-    "expires_at",
-    "completed_at",
-    "concat",
-    "parts",
-    "md5",
-    "extra",
-)
+#: The columns that hold an :class:`Upload`, one per field (the others hold its lease).
+_RECORD_COLUMNS = tuple(field.name for field in dataclasses.fields(Upload))
 
 #: Synchronous drivers (``""``: the dialect's default) and the async driver that replaces them.
 _ASYNC_DRIVERS: dict[str, tuple[frozenset[str], str]] = {
@@ -297,20 +286,6 @@ class SQLAlchemyModel:
         self._loop.stop()
         self._table_lock = None
 
-    def _values(self, upload: Upload) -> dict[str, Any]:
-        return {
-            "length": upload.length,
-            "offset": upload.offset,
-            "metadata_header": upload.metadata_header,
-            "created_at": upload.created_at,
-            "expires_at": upload.expires_at,
-            "completed_at": upload.completed_at,
-            "concat": upload.concat,
-            "parts": list(upload.parts),
-            "md5": upload.md5,
-            "extra": upload.extra,
-        }
-
     def _record_columns(self) -> list[sa.Column[Any]]:
         return [self.table.c[name] for name in _RECORD_COLUMNS]
 
@@ -339,7 +314,7 @@ class SQLAlchemyModel:
 
     async def create(self, upload: Upload) -> None:
         """Insert a new record (with no lease)."""
-        row = {"id": upload.id, **self._values(upload), "release_requested": False}
+        row = {"id": upload.id, **upload.fields(), "release_requested": False}
 
         async def work(conn: AsyncConnection) -> None:
             await conn.execute(sa.insert(self.table).values(row))
@@ -373,7 +348,7 @@ class SQLAlchemyModel:
         statement = (
             sa.update(table)
             .where(table.c.id == upload.id, table.c.offset == expected_offset)
-            .values(self._values(upload))
+            .values(upload.fields())
         )
 
         async def work(conn: AsyncConnection) -> None:

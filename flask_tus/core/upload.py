@@ -61,21 +61,28 @@ class Upload:
         """A shallow copy with ``changes`` applied (records are treated as values)."""
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict (timestamps as ISO 8601 strings with their offset)."""
+    def fields(self) -> dict[str, Any]:
+        """Every field but ``id``, as a database row or document keeps them: timestamps as
+        they are, ``parts`` as a list."""
         return {
-            "id": self.id,
             "length": self.length,
             "offset": self.offset,
             "metadata_header": self.metadata_header,
-            "created_at": self.created_at.isoformat(),
-            "expires_at": _iso(self.expires_at),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
             "concat": self.concat,
             "parts": list(self.parts),
-            "completed_at": _iso(self.completed_at),
+            "completed_at": self.completed_at,
             "md5": self.md5,
             "extra": self.extra,
         }
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict (timestamps as ISO 8601 strings with their offset)."""
+        data = {"id": self.id, **self.fields()}
+        for name in ("created_at", "expires_at", "completed_at"):
+            data[name] = _iso(data[name])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Upload:
