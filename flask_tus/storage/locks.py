@@ -113,8 +113,7 @@ class FileLocker:
             )
 
     def _path(self, upload_id: str, suffix: str) -> Path:
-        if not is_valid_id(upload_id):
-            raise ValueError(f"invalid upload id {upload_id!r}")
+        """The lock file of ``upload_id`` (validated by :meth:`lock`) with ``suffix``."""
         return self.directory / f"{upload_id}{suffix}"
 
     @asynccontextmanager
