@@ -26,6 +26,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+#: Methods whose requests may carry a tus body.
+_BODY_METHODS = ("POST", "PATCH")
+
 
 class TusASGI:
     """An ASGI application serving ``collection_path`` (and ``collection_path + <id>``) with
@@ -91,6 +94,16 @@ class TusASGI:
             content_length = None
         client = scope.get("client")
         body = _Body(receive)
+        streamed = False
+        if (
+            content_length is None
+            and "transfer-encoding" not in headers
+            and scope.get("http_version") not in (None, "1.0", "1.1")
+            and scope["method"] in _BODY_METHODS
+        ):
+            # HTTP/2 and 3 frame a body without Content-Length or chunked coding: whether one
+            # comes shows in its first message.
+            streamed = await body.starts()
         request = TusRequest(
             method=scope["method"],
             upload_id=upload_id,
@@ -99,6 +112,7 @@ class TusASGI:
             body=body.__aiter__(),
             content_length=content_length,
             remote_addr=client[0] if client else None,
+            streamed=streamed,
         )
         with self.context():
             response = await self.handler.handle(request)
@@ -126,11 +140,23 @@ class _Body:
 
     def __init__(self, receive: Receive) -> None:
         self._receive = receive
+        self._first: Message | None = None
         self.done = False
+
+    async def starts(self) -> bool:
+        """Receive the first message now (it is handed out first) and tell whether a body
+        begins: bytes, more to come, or a disconnect (reported when the body is read)."""
+        self._first = first = await self._receive()
+        return first["type"] == "http.disconnect" or bool(
+            first.get("body") or first.get("more_body")
+        )
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while not self.done:
-            message = await self._receive()
+            if self._first is not None:
+                message, self._first = self._first, None
+            else:
+                message = await self._receive()
             if message["type"] == "http.disconnect":
                 self.done = True
                 raise ClientDisconnected()

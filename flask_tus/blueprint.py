@@ -134,7 +134,8 @@ async def tus_view(upload_id: str | None = None) -> Response:
         method=request.method,
         upload_id=upload_id,
         headers=Headers.from_pairs(request.headers.items()),
-        collection_path=state.collection_path,
+        # SCRIPT_NAME: an app mounted under a prefix hands out URLs that reach it.
+        collection_path=request.script_root + state.collection_path,
         body=body.__aiter__(),
         content_length=request.content_length,
         remote_addr=request.remote_addr,

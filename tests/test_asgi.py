@@ -242,3 +242,30 @@ def test_sigterm_saves_running_patch_and_exits(hypercorn: Server) -> None:
     head = httpx.head(hypercorn.url + path, headers=TUS)
     assert head.headers["Upload-Offset"] == "300000"
     assert data_file.read_bytes() == b"z" * 300_000
+
+
+@pytest.mark.parametrize("kind", ["announced", "unannounced"])
+def test_http2_creation_with_upload(hypercorn: Server, kind: str) -> None:
+    """Over HTTP/2 (prior knowledge, as hypercorn serves it on a plain socket) a creation body
+    is stored whether or not Content-Length announces it: HTTP/2 frames a body without one."""
+    data = bytes(range(256)) * 1024
+
+    async def pieces() -> Any:
+        for start in range(0, len(data), 65536):
+            yield data[start : start + 65536]
+
+    async def upload() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(http1=False, http2=True, base_url=hypercorn.url) as client:
+            content = data if kind == "announced" else pieces()
+            headers = {**TUS, "Upload-Length": str(len(data)), "Content-Type": OCTET}
+            created = await client.post("/files/", headers=headers, content=content)
+            assert created.http_version == "HTTP/2"
+            head = await client.head(created.headers["Location"], headers=TUS)
+            return created, head
+
+    created, head = asyncio.run(upload())
+    assert created.status_code == 201, created.text
+    assert created.headers["Upload-Offset"] == str(len(data))
+    assert head.headers["Upload-Offset"] == str(len(data))
+    upload_id = created.headers["Location"].rsplit("/", 1)[-1]
+    assert (hypercorn.upload_dir / upload_id).read_bytes() == data

@@ -18,6 +18,7 @@ import pytest
 from conftest import OCTET, TUS, create, patch_headers
 from flask import Flask, current_app, request
 from flask.testing import FlaskClient
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 import flask_tus
 from flask_tus import FlaskTus, Upload
@@ -194,6 +195,32 @@ def test_default_url_does_not_serve_a_custom_collection(upload_dir: Path) -> Non
     FlaskTus(app)
     response = app.test_client().post("/files/", headers={**TUS, "Upload-Length": "4"})
     assert response.status_code == 404
+
+
+def test_app_mounted_under_a_prefix_hands_out_urls_under_it(upload_dir: Path) -> None:
+    """Mounted at ``/app`` (``SCRIPT_NAME``), ``Location`` and a final upload's
+    ``Upload-Concat`` name URLs under ``/app``, and those URLs reach the upload."""
+    app = new_app(upload_dir)
+    FlaskTus(app)
+    mounted = Flask("outer")
+    mounted.wsgi_app = DispatcherMiddleware(mounted.wsgi_app, {"/app": app})  # type: ignore[method-assign]
+    client = mounted.test_client()
+    created = client.post("/app/files/", headers={**TUS, "Upload-Length": "2"})
+    assert created.status_code == 201
+    location = created.headers["Location"]
+    assert location == "/app/files/" + upload_id_of(location)
+    assert client.patch(location, data=b"ab", headers=patch_headers(0)).status_code == 204
+    assert client.head(location, headers=TUS).headers["Upload-Offset"] == "2"
+
+    partial = client.post(
+        "/app/files/", headers={**TUS, "Upload-Length": "1", "Upload-Concat": "partial"}
+    ).headers["Location"]
+    assert client.patch(partial, data=b"c", headers=patch_headers(0)).status_code == 204
+    final = client.post("/app/files/", headers={**TUS, "Upload-Concat": f"final;{partial}"})
+    assert final.status_code == 201
+    head = client.head(final.headers["Location"], headers=TUS)
+    assert head.headers["Upload-Concat"] == f"final;{partial}"
+    assert client.get(final.headers["Location"]).data == b"c"
 
 
 # ---------------------------------------------------------------------- TUS_UPLOAD_DIR

@@ -78,6 +78,11 @@ class _Received:
     #: A newer request for the upload asked this one to let go, and it did.
     interrupted: bool = False
 
+    @property
+    def cut_short(self) -> bool:
+        """The body did not arrive whole (or this request stopped reading it)."""
+        return self.disconnected or self.cancelled or self.interrupted
+
     def raise_if_cut_short(self) -> None:
         """After the commit: report a body that did not arrive whole."""
         if self.cancelled:
@@ -155,6 +160,9 @@ class TusHandler:
         # GET is a plain download, not a tus request: browsers follow links without tus headers.
         if method != "GET":
             check_version(request.headers.get("tus-resumable"))
+        # Servers frame bodies by it, so a malformed one rarely gets here; an adapter that
+        # passes it on as it came gets a clear refusal rather than a body read some other way.
+        parse_uint("Content-Length", request.headers.get("content-length"))
         if request.upload_id is None:
             return await self._post(request)
         upload_id = request.upload_id
@@ -206,6 +214,9 @@ class TusHandler:
             parts = [await self._load_part(part_id, now) for part_id in concat.parts]
             lengths = [p.length for p in parts]
             total = None if None in lengths else sum(p or 0 for p in lengths)
+            # The maximum holds for a final too (413 before anything is created). Only known
+            # lengths count: a part whose length is still deferred is checked on its own.
+            self._check_max(sum(n for n in lengths if n is not None), "the parts together")
             upload = Upload(
                 id=upload_id,
                 length=total,
@@ -248,12 +259,18 @@ class TusHandler:
             # Upload-Length: 0 any byte of it is refused (413) rather than silently dropped.
             try:
                 async with self.locker.lock(upload_id) as held:
-                    upload, received = await self._write_chunk(upload, request, held, 0, None)
+                    upload, received = await self._write_chunk(
+                        upload, request, held, 0, None, keep_cut_short=False
+                    )
             except errors.TusError:
                 # A refused first chunk (too long, checksum mismatch, pre_save rejection) gets
                 # no Location, so nobody could ever resume this upload: leave nothing behind.
                 await self.remove(upload_id)
                 raise
+            if received.cut_short:
+                # Nor does a first chunk that did not arrive whole (none of it was kept).
+                await self.remove(upload_id)
+                received.raise_if_cut_short()
             if upload.length == 0 and not upload.is_complete:
                 # A chunked body that turned out empty: the upload is complete at once.
                 upload = await self._complete_empty(upload, request)
@@ -282,9 +299,7 @@ class TusHandler:
     # ------------------------------------------------------------------ HEAD
 
     async def _head(self, upload_id: str, request: TusRequest) -> TusResponse:
-        upload = await self._get_live(upload_id)
-        if upload.concat == "final" and not upload.is_complete:
-            upload = await self._try_assemble(upload, request)
+        upload = await self._get_assembled(upload_id, request)
         headers = {"Cache-Control": "no-store"}
         # A final upload shows its offset only once it is assembled (tus concatenation).
         if upload.concat != "final" or upload.is_complete:
@@ -332,11 +347,14 @@ class TusHandler:
         held: LockHandle,
         offset: int,
         new_length: int | None,
+        *,
+        keep_cut_short: bool = True,
     ) -> tuple[Upload, _Received]:
         """Write the request body at ``offset`` and commit the new offset.
 
         Must be called with the upload's lock held. Nothing is committed unless the bytes are
-        flushed first; on any refusal the bytes of this request are discarded.
+        flushed first; on any refusal the bytes of this request are discarded, and so are those
+        of a body cut short unless ``keep_cut_short``.
         """
         if offset != upload.offset:
             raise errors.OffsetMismatch(
@@ -360,7 +378,13 @@ class TusHandler:
         staged = upload.copy(length=length)
         await self._fire("pre_save", staged, request)
         received = await self._receive(
-            upload.id, request, held=held, offset=offset, limit=limit, checksum=checksum
+            upload.id,
+            request,
+            held=held,
+            offset=offset,
+            limit=limit,
+            checksum=checksum,
+            keep_cut_short=keep_cut_short,
         )
 
         new_offset = offset + received.count
@@ -386,11 +410,13 @@ class TusHandler:
         offset: int,
         limit: int | None,
         checksum: Checksum | None,
+        keep_cut_short: bool = True,
     ) -> _Received:
         """Stream the body to storage at ``offset`` and flush it; nothing is committed here.
 
         Ends early, keeping what arrived, when the client disconnects or a newer request for
-        this upload asks us to let go. A body with ``Upload-Checksum`` is all or nothing.
+        this upload asks us to let go. A body with ``Upload-Checksum``, or any body when not
+        ``keep_cut_short``, is all or nothing.
         """
         room = None if limit is None else limit - offset
         hasher: Hasher | None = new_hasher(checksum.algorithm) if checksum else None
@@ -422,15 +448,18 @@ class TusHandler:
                 if announced is not None and not (interrupted or cancelled):
                     disconnected = True
             received = _Received(count, disconnected, cancelled, interrupted)
-            if checksum is not None and hasher is not None:
+            if received.cut_short and (checksum is not None or not keep_cut_short):
                 # A checksum covers the whole body: a cut-off body cannot be verified.
-                if disconnected or interrupted or cancelled:
-                    await writer.discard()
-                    received.count = 0
-                    return received
-                if not hmac.compare_digest(hasher.digest(), checksum.digest):
-                    await writer.discard()
-                    raise errors.ChecksumMismatch()
+                await writer.discard()
+                received.count = 0
+                return received
+            if (
+                checksum is not None
+                and hasher is not None
+                and not hmac.compare_digest(hasher.digest(), checksum.digest)
+            ):
+                await writer.discard()
+                raise errors.ChecksumMismatch()
             await writer.flush()
         return received
 
@@ -453,9 +482,7 @@ class TusHandler:
     # ------------------------------------------------------------------ GET (download)
 
     async def _get(self, upload_id: str, request: TusRequest) -> TusResponse:
-        upload = await self._get_live(upload_id)
-        if upload.concat == "final" and not upload.is_complete:
-            upload = await self._try_assemble(upload, request)
+        upload = await self._get_assembled(upload_id, request)
         if not upload.is_complete or upload.length is None:
             raise errors.UploadNotFound("upload is not finished")
         size = upload.length
@@ -488,9 +515,14 @@ class TusHandler:
                 return final
         if not all(p.is_complete for p in parts):
             if final.length is None and all(p.length is not None for p in parts):
-                total = sum(p.length or 0 for p in parts)
-                known = final.copy(length=total)
-                await self.store.commit(known, expected_offset=0)
+                # Under the lock, like assembly: a request assembling the final meanwhile must
+                # not have its finished record replaced by this unfinished one.
+                async with self.locker.lock(final.id):
+                    current = await self.store.get(final.id)
+                    if current.length is not None:
+                        return current
+                    known = current.copy(length=sum(p.length or 0 for p in parts))
+                    await self.store.commit(known, expected_offset=current.offset)
                 return known
             return final
         assert isinstance(self.storage, ConcatenatingStorage)
@@ -509,6 +541,20 @@ class TusHandler:
 
     async def _get_live(self, upload_id: str) -> Upload:
         upload = await self.store.get(upload_id)
+        if self._expired(upload, self.clock()):
+            raise errors.UploadGone()
+        return upload
+
+    async def _get_assembled(self, upload_id: str, request: TusRequest) -> Upload:
+        """Like :meth:`_get_live`, but a final upload is assembled first if its parts are done.
+
+        Assembly comes before the expiry test: a final has nothing to upload itself, and parts
+        that finished did so in time (each expires no later than a final made after it), even
+        when nobody asked for the final before its own expiry.
+        """
+        upload = await self.store.get(upload_id)
+        if upload.concat == "final" and not upload.is_complete:
+            upload = await self._try_assemble(upload, request)
         if self._expired(upload, self.clock()):
             raise errors.UploadGone()
         return upload
@@ -540,10 +586,10 @@ class TusHandler:
             )
         return limit
 
-    def _check_max(self, length: int | None) -> None:
+    def _check_max(self, length: int | None, what: str = "Upload-Length") -> None:
         limit = self.settings.max_size
         if length is not None and limit is not None and length > limit:
-            raise errors.PayloadTooLarge(f"Upload-Length exceeds the maximum size of {limit}")
+            raise errors.PayloadTooLarge(f"{what} exceeds the maximum size of {limit}")
 
     async def _fire(self, name: str, upload: Upload, request: TusRequest) -> None:
         """Run hook ``name``; the event (a copy of the headers) is built only if it has any."""

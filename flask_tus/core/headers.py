@@ -145,7 +145,9 @@ def parse_concat(value: str | None) -> Concat | None:
     """Parse ``Upload-Concat`` on a POST (tus concatenation extension).
 
     ``final;`` lists space-separated upload URLs, relative or absolute; the last path segment of
-    each must be a valid upload id. Raises :class:`BadRequest` otherwise.
+    each must be a valid upload id. Raises :class:`BadRequest` otherwise, and for a URL with a
+    comma: a list separated by commas, read as one path, ``/files/a,/files/b``, would quietly
+    name only ``b``.
     """
     if value is None:
         return None
@@ -159,6 +161,8 @@ def parse_concat(value: str | None) -> Concat | None:
         raise BadRequest("Upload-Concat final lists no uploads")
     ids: list[str] = []
     for url in urls:
+        if "," in url:
+            raise BadRequest("Upload-Concat separates its URLs with spaces, not commas")
         try:
             path = urlsplit(url).path
         except ValueError as exc:

@@ -38,7 +38,8 @@ class TusRequest:
     itself); the handler validates it. ``collection_path`` is the collection URL's path with a
     trailing slash, used to build ``Location``. ``body`` yields the request body as it arrives;
     it raises :class:`~flask_tus.core.errors.ClientDisconnected` when the client goes away.
-    ``content_length`` is ``None`` when the body length is unknown (chunked).
+    ``content_length`` is ``None`` when the body length is unknown: chunked, or (``streamed``)
+    an HTTP/2 or HTTP/3 request body sent without ``Content-Length``.
     """
 
     method: str
@@ -48,12 +49,13 @@ class TusRequest:
     body: AsyncIterator[bytes] = field(default_factory=empty_body)
     content_length: int | None = None
     remote_addr: str | None = None
+    streamed: bool = False
 
     @property
     def has_body(self) -> bool:
         if self.content_length is not None:
             return self.content_length > 0
-        return "chunked" in self.headers.get("transfer-encoding", "").lower()
+        return self.streamed or "chunked" in self.headers.get("transfer-encoding", "").lower()
 
 
 @dataclass

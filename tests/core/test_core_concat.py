@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from core_helpers import (
     make_handler,
     make_request,
     post,
+    with_settings,
     write,
 )
 
@@ -217,6 +219,42 @@ async def test_final_with_deferred_partial_learns_its_length(handler: TusHandler
     assert await download(handler, final_id) == b"abcde"
 
 
+async def test_final_learning_its_length_does_not_undo_an_assembly(handler: TusHandler) -> None:
+    """The final's length is recorded under its lock: a request that assembled the final
+    meanwhile keeps its finished record (no second on_complete, no 409)."""
+    completed: list[HookEvent] = []
+    handler.hooks.add("on_complete", completed.append)
+    created = await post(handler, **{"Upload-Concat": "partial", "Upload-Defer-Length": "1"})
+    part = id_of(created)
+    final_id = id_of(await final(handler, f"/files/{part}"))
+    response = await handler.handle(
+        make_request("PATCH", part, patch_headers(0, **{"Upload-Length": "2"}), b"a")
+    )
+    assert response.status == 204
+
+    async with handler.locker.lock(final_id) as held:
+        # This HEAD sees an unfinished part of known length and goes to record the length.
+        looking = asyncio.create_task(head(handler, final_id))
+        for _ in range(500):
+            if held.stop_requested():
+                break
+            await asyncio.sleep(0.01)
+        assert held.stop_requested(), "the HEAD never asked for the final's lock"
+        # Meanwhile the part finished and another request assembled the final.
+        await write(handler, part, 1, b"b")
+        record = await handler.store.get(final_id)
+        await handler.storage.concatenate(final_id, (part,))
+        now = handler.clock()
+        done = record.copy(length=2, offset=2, completed_at=now)
+        await handler.store.commit(done, expected_offset=0)
+    state = await looking
+    assert state.status == 200, state.body
+    assert state.headers["Upload-Offset"] == "2"
+    assert (await handler.store.get(final_id)).is_complete
+    assert await download(handler, final_id) == b"ab"
+    assert [e.upload.id for e in completed if e.upload.id == final_id] == []
+
+
 async def test_on_complete_fires_once_for_final(handler: TusHandler) -> None:
     """The final upload is finished exactly once, however often it is looked at."""
     completed: list[HookEvent] = []
@@ -243,6 +281,8 @@ async def test_on_complete_fires_once_for_final(handler: TusHandler) -> None:
         pytest.param("final;/files/../../etc/passwd", id="traversal"),
         pytest.param("final;/files/0123456789ABCDEF0123456789ABCDEF", id="uppercase-id"),
         pytest.param("final;/files/{id} /files/nope", id="one-bad-among-good"),
+        pytest.param("final;/files/{id},/files/{id}", id="comma-separated"),
+        pytest.param("final;/files/{id}, /files/{id}", id="comma-and-space"),
         pytest.param("final;http://[::1/files/{id}", id="invalid-url"),
         pytest.param("partial;", id="partial-with-semicolon"),
         pytest.param("complete", id="unknown-kind"),
@@ -302,6 +342,67 @@ async def test_final_naming_expired_partial_is_400(handler: TusHandler) -> None:
     handler.clock = lambda: start + timedelta(days=2)
     response = await final(handler, f"/files/{part}")
     assert response.status == 400
+
+
+@pytest.mark.parametrize(
+    ("pieces", "deferred"),
+    [
+        pytest.param([b"abcdef", b"ghijkl"], False, id="finished-parts"),
+        pytest.param([b"abcdef", b"ghijkl"], True, id="known-lengths-unfinished"),
+    ],
+)
+async def test_final_longer_than_the_maximum_is_413(
+    handler: TusHandler, upload_dir: Path, pieces: list[bytes], deferred: bool
+) -> None:
+    """Parts that together pass ``Tus-Max-Size`` make no final: 413, nothing created."""
+    with_settings(handler, max_size=10)
+    ids = [await partial(handler, data, written=0 if deferred else None) for data in pieces]
+    before = stored_files(upload_dir)
+    response = await final(handler, *(f"/files/{i}" for i in ids))
+    assert response.status == 413, response.body
+    assert b"maximum size of 10" in response.body
+    assert "Location" not in response.headers
+    assert stored_files(upload_dir) == before
+
+
+async def test_final_at_the_maximum_is_created(handler: TusHandler) -> None:
+    """Parts adding up to exactly ``Tus-Max-Size`` are concatenated."""
+    with_settings(handler, max_size=10)
+    ids = [await partial(handler, data) for data in (b"abcde", b"fghij")]
+    response = await final(handler, *(f"/files/{i}" for i in ids))
+    assert response.status == 201, response.body
+    assert await download(handler, id_of(response)) == b"abcdefghij"
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+async def test_final_whose_parts_finished_in_time_does_not_expire(
+    handler: TusHandler, method: str
+) -> None:
+    """A final made before its parts finished is assembled when first asked for, even after
+    its own expiry: the parts finished in time."""
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    handler.clock = lambda: start
+    part = await partial(handler, b"abcd", written=2)
+    final_id = id_of(await final(handler, f"/files/{part}"))
+    handler.clock = lambda: start + timedelta(hours=23)
+    await write(handler, part, 2, b"cd")
+    handler.clock = lambda: start + timedelta(days=2)
+    response = await handler.handle(make_request(method, final_id, TUS))
+    assert response.status == 200, response.body
+    if method == "HEAD":
+        assert response.headers["Upload-Offset"] == "4"
+    else:
+        assert await download(handler, final_id) == b"abcd"
+
+
+async def test_final_whose_parts_did_not_finish_expires(handler: TusHandler) -> None:
+    """A final whose parts are unfinished when it expires is gone (410)."""
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    handler.clock = lambda: start
+    part = await partial(handler, b"abcd", written=2)
+    final_id = id_of(await final(handler, f"/files/{part}"))
+    handler.clock = lambda: start + timedelta(days=2)
+    assert (await head(handler, final_id)).status == 410
 
 
 async def test_partial_with_body_is_written(handler: TusHandler, upload_dir: Path) -> None:

@@ -5,10 +5,20 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import OCTET, TUS, metadata, stored_files
-from core_helpers import chunked_request, head, id_of, make_request, with_settings
+from core_helpers import (
+    body_of,
+    chunked_request,
+    dropping_body,
+    head,
+    id_of,
+    make_request,
+    streamed_request,
+    with_settings,
+)
 
 from flask_tus.core import HookEvent, TusHandler, TusResponse
 
@@ -293,6 +303,35 @@ async def test_post_creation_with_upload_chunked(
     assert response.headers["Upload-Offset"] == str(len(data))
     assert written == [data]
     assert completed == ([upload_id] if complete else [])
+
+
+@pytest.mark.parametrize(
+    ("body", "content_length"),
+    [
+        pytest.param((dropping_body, b"hel", b"lo"), 10, id="disconnect-announced"),
+        pytest.param((dropping_body, b"abc"), None, id="disconnect-chunked"),
+        pytest.param((dropping_body,), 10, id="disconnect-before-bytes"),
+        pytest.param((body_of, b"abcd"), 10, id="ends-early"),
+    ],
+)
+async def test_post_creation_body_cut_short_leaves_nothing(
+    handler: TusHandler, upload_dir: Path, body: tuple[Any, ...], content_length: int | None
+) -> None:
+    """A creation body that does not arrive whole gets no 201, so its client never learns the
+    upload's URL: no data, no record and no hook beyond on_create are left behind."""
+    fired: list[str] = []
+    for name in ("pre_save", "post_save", "on_complete"):
+        handler.hooks.add(name, lambda event: fired.append(event.name))
+    headers = {**TUS, "Upload-Length": "10", "Content-Type": OCTET}
+    if content_length is None:
+        headers["Transfer-Encoding"] = "chunked"
+    before = stored_files(upload_dir)
+    request = streamed_request("POST", None, headers, body[0](*body[1:]), content_length)
+    response = await handler.handle(request)
+    assert response.status == 400, response.body
+    assert "Location" not in response.headers
+    assert stored_files(upload_dir) == before
+    assert fired == ["pre_save"]
 
 
 async def test_post_completing_creation_with_upload_fires_on_complete(handler: TusHandler) -> None:
