@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import Result
-from conftest import TUS, create, patch_headers
+from conftest import OCTET, TUS, create, patch_headers
 from flask import Flask
 
+from flask_tus.core import Headers, TusRequest, TusResponse
 from flask_tus.core.errors import UploadNotFound
 from flask_tus.core.ids import new_id
+from flask_tus.core.protocols import Locker, LockHandle
+
+#: What a test holder does with the lock instead of waiting for the block to end: it gets the
+#: holder's handle and an event set when the block ends.
+HolderWork = Callable[[LockHandle, threading.Event], Awaitable[None]]
 
 
 def upload_id_of(location: str) -> str:
@@ -167,30 +173,80 @@ def test_orphans_are_reported_and_kept(cli_app: Flask, upload_dir: Path) -> None
     assert exists(cli_app, orphan_record)
 
 
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
 def test_expired_record_without_data_is_removed_not_reported(
-    cli_app: Flask, upload_dir: Path
+    cli_app: Flask, upload_dir: Path, dry_run: bool
 ) -> None:
-    """An expired record whose data is already gone is removed, not reported as an orphan."""
+    """An expired record whose data is already gone is removed (or, on a dry run, would be),
+    and not reported as an orphan as well."""
     upload_id = new_upload(cli_app, b"abc")
     (upload_dir / upload_id).unlink()
     expire(cli_app, upload_id)
-    result = run(cli_app, "delete-expired")
-    assert f"deleted expired upload {upload_id}" in result.output
+    result = run(cli_app, "delete-expired", *(["--dry-run"] if dry_run else []))
+    assert f"{'would delete' if dry_run else 'deleted'} expired upload {upload_id}" in result.output
     assert "orphan record" not in result.output.replace("0 orphan records", "")
-    assert not exists(cli_app, upload_id)
+    assert exists(cli_app, upload_id) == dry_run
+
+
+def concatenated(app: Flask, *parts: bytes, finished: bool = True) -> tuple[str, list[str]]:
+    """A final upload made of partial uploads of ``parts`` (sent whole when ``finished``,
+    else all but their last byte), created before they finish and never asked for since."""
+    client = app.test_client()
+    part_urls = [create(client, length=len(data), **{"Upload-Concat": "partial"}) for data in parts]
+    created = client.post(
+        "/files/", headers={**TUS, "Upload-Concat": "final;" + " ".join(part_urls)}
+    )
+    assert created.status_code == 201
+    for url, data in zip(part_urls, parts, strict=True):
+        sent = data if finished else data[:-1]
+        assert client.patch(url, data=sent, headers=patch_headers(0)).status_code == 204
+    return upload_id_of(created.headers["Location"]), [upload_id_of(url) for url in part_urls]
+
+
+def test_expired_final_whose_parts_finished_is_kept(cli_app: Flask, upload_dir: Path) -> None:
+    """A final whose parts all finished is only waiting to be assembled: past its expiry the
+    sweep keeps it, and the next HEAD assembles it."""
+    final_id, _ = concatenated(cli_app, b"ab", b"cd")
+    expire(cli_app, final_id)
+    result = run(cli_app, "delete-expired")
+    assert "deleted 0 expired" in result.output
+    head = cli_app.test_client().head(f"/files/{final_id}", headers=TUS)
+    assert head.status_code == 200
+    assert head.headers["Upload-Offset"] == "4"
+    assert (upload_dir / final_id).read_bytes() == b"abcd"
+
+
+@pytest.mark.parametrize("part_state", ["unfinished", "deleted"])
+def test_expired_final_whose_parts_did_not_finish_is_removed(
+    cli_app: Flask, upload_dir: Path, part_state: str
+) -> None:
+    """A final with a part unfinished or gone at its expiry is removed like any upload."""
+    final_id, part_ids = concatenated(cli_app, b"ab", b"cd", finished=part_state == "deleted")
+    if part_state == "deleted":
+        response = cli_app.test_client().delete(f"/files/{part_ids[1]}", headers=TUS)
+        assert response.status_code == 204
+    expire(cli_app, final_id)
+    result = run(cli_app, "delete-expired")
+    assert f"deleted expired upload {final_id}" in result.output
+    assert not exists(cli_app, final_id)
+    assert not (upload_dir / final_id).exists()
 
 
 @contextmanager
-def held_lock(app: Flask, upload_id: str) -> Iterator[None]:
-    """Hold ``upload_id``'s lock from another thread (on its own event loop) for the block."""
+def held_lock(app: Flask, upload_id: str, work: HolderWork | None = None) -> Iterator[None]:
+    """Hold ``upload_id``'s lock from another thread (on its own event loop) for the block or,
+    given ``work``, for as long as ``work`` runs (the block may then end first)."""
     locker = app.extensions["tus"].handler.locker
     locked, release = threading.Event(), threading.Event()
     errors: list[BaseException] = []
 
     async def hold() -> None:
-        async with locker.lock(upload_id):
+        async with locker.lock(upload_id) as handle:
             locked.set()
-            await asyncio.to_thread(release.wait, 30)
+            if work is None:
+                await asyncio.to_thread(release.wait, 30)
+            else:
+                await work(handle, release)
 
     def target() -> None:
         try:
@@ -232,6 +288,139 @@ def test_upload_in_use_is_skipped(cli_app: Flask, upload_dir: Path) -> None:
     assert f"deleted expired upload {busy}" in again.output
     assert not exists(cli_app, busy)
     assert not (upload_dir / busy).exists()
+
+
+def signal_lock_requests(
+    monkeypatch: pytest.MonkeyPatch, app: Flask, upload_id: str, asked: threading.Event
+) -> None:
+    """Set ``asked`` when the app's locker is next asked for ``upload_id``'s lock (by the sweep,
+    when a test holder already holds it), before the request starts to wait."""
+    locker: Locker = app.extensions["tus"].handler.locker
+    lock = locker.lock
+
+    def signalling_lock(wanted: str, **options: bool) -> AbstractAsyncContextManager[LockHandle]:
+        if wanted == upload_id:
+            asked.set()
+        return lock(wanted, **options)
+
+    monkeypatch.setattr(locker, "lock", signalling_lock)
+
+
+def test_upload_finished_while_the_sweep_waits_is_kept(
+    make_app: Any, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep listed an upload as unfinished and expired; the request holding its lock
+    finishes it while the sweep waits. The sweep reads the record again once it holds the lock,
+    sees a finished upload, and keeps record and bytes."""
+    app, _ = make_app(TUS_LOCK_TIMEOUT=30)
+    handler = app.extensions["tus"].handler
+    upload_id = new_upload(app, b"abc", length=10)
+    expire(app, upload_id)
+    asked = threading.Event()
+
+    async def finish(handle: LockHandle, block_done: threading.Event) -> None:
+        # What a PATCH holding the lock does, without looking for stop requests: write the
+        # rest of the bytes, then commit the final offset.
+        assert await asyncio.to_thread(asked.wait, 30), "the sweep never asked for the lock"
+        upload = await handler.store.get(upload_id)
+        async with handler.storage.open_writer(upload_id, upload.offset) as writer:
+            await writer.write(b"defghij")
+            await writer.flush()
+        finished = upload.copy(offset=10, completed_at=handler.clock())
+        await handler.store.commit(finished, expected_offset=upload.offset)
+
+    with held_lock(app, upload_id, finish):
+        signal_lock_requests(monkeypatch, app, upload_id, asked)
+        result = run(app, "delete-expired")
+
+    assert "deleted 0 expired, skipped 0 in use" in result.output
+    assert exists(app, upload_id)
+    record = asyncio.run(handler.store.get(upload_id))
+    assert record.offset == 10
+    assert record.is_complete
+    assert (upload_dir / upload_id).read_bytes() == b"abcdefghij"
+
+
+def test_sweep_never_asks_the_holder_of_an_expired_upload_to_stop(
+    make_app: Any, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the sweep waits for an expired upload's lock, the holder (a running PATCH would
+    cut its body short if asked) sees no request to stop; the sweep gives up, reports the upload
+    in use and leaves it."""
+    app, _ = make_app(TUS_LOCK_TIMEOUT=0.5)
+    upload_id = new_upload(app, b"abc")
+    expire(app, upload_id)
+    asked = threading.Event()
+    seen: list[bool] = []
+
+    async def watch(handle: LockHandle, block_done: threading.Event) -> None:
+        assert await asyncio.to_thread(asked.wait, 30), "the sweep never asked for the lock"
+        # Polled as a PATCH polls between body pieces, until the sweep has given up.
+        while not block_done.is_set():
+            seen.append(handle.stop_requested())
+            await asyncio.sleep(0.01)
+
+    with held_lock(app, upload_id, watch):
+        signal_lock_requests(monkeypatch, app, upload_id, asked)
+        result = run(app, "delete-expired")
+
+    assert seen
+    assert not any(seen), "the sweep asked the holder to stop"
+    assert f"skipped expired upload {upload_id}: in use" in result.output
+    assert "deleted 0 expired, skipped 1 in use" in result.output
+    assert exists(app, upload_id)
+    assert (upload_dir / upload_id).read_bytes() == b"abc"
+
+
+def test_patch_finishing_while_the_sweep_waits_succeeds_and_keeps_its_upload(
+    make_app: Any, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PATCH that passed its expiry check runs past ``expires_at`` and finishes while the
+    sweep waits for its lock: its client hears 204, and the upload it was told is saved stays,
+    record and bytes."""
+    app, _ = make_app(TUS_LOCK_TIMEOUT=30)
+    handler = app.extensions["tus"].handler
+    upload_id = new_upload(app, b"abc", length=10)
+    started, asked = threading.Event(), threading.Event()
+    responses: list[TusResponse] = []
+    errors: list[BaseException] = []
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"def"
+        started.set()
+        await asyncio.to_thread(asked.wait, 30)
+        yield b"ghij"
+
+    def patch() -> None:
+        headers = Headers.from_pairs(
+            [*TUS.items(), ("Upload-Offset", "3"), ("Content-Type", OCTET)]
+        )
+        request = TusRequest("PATCH", upload_id, headers, body=body(), content_length=7)
+        try:
+            responses.append(asyncio.run(handler.handle(request)))
+        except BaseException as exc:  # reported to the test below
+            errors.append(exc)
+            started.set()
+
+    thread = threading.Thread(target=patch)
+    thread.start()
+    try:
+        assert started.wait(30)
+        assert not errors, errors
+        # The clock passes expires_at while the PATCH runs.
+        expire(app, upload_id)
+        signal_lock_requests(monkeypatch, app, upload_id, asked)
+        result = run(app, "delete-expired")
+    finally:
+        asked.set()
+        thread.join(30)
+
+    assert not errors, errors
+    assert [response.status for response in responses] == [204], responses
+    assert "deleted 0 expired, skipped 0 in use" in result.output
+    assert exists(app, upload_id)
+    assert asyncio.run(handler.store.get(upload_id)).is_complete
+    assert (upload_dir / upload_id).read_bytes() == b"abcdefghij"
 
 
 def test_counts_of_a_mixed_sweep(cli_app: Flask, upload_dir: Path) -> None:

@@ -27,10 +27,13 @@ from flask_tus.async_models import json_store
 from flask_tus.async_models.json_store import JsonFileStore, UnreadableRecord
 from flask_tus.core.errors import OffsetMismatch, TusError, UploadLocked, UploadNotFound
 from flask_tus.core.ids import new_id
+from flask_tus.core.lease import LeaseLocker
 from flask_tus.core.protocols import (
     ConcatenatingStorage,
     DataStorage,
+    LeaseStore,
     Locker,
+    LockHandle,
     UploadStore,
 )
 from flask_tus.storage import local as local_storage
@@ -758,6 +761,178 @@ async def test_waiter_that_gets_the_lock_does_not_ask_itself_to_stop(
 
     await asyncio.wait_for(asyncio.gather(holder(), waiter()), 10)
     assert seen == [False]
+
+
+async def stop_requests_seen(holder: LockHandle, waiting: asyncio.Future[Any]) -> list[bool]:
+    """What ``holder`` answers to ``stop_requested`` while ``waiting`` is not done, polled as a
+    writer polls between body pieces."""
+    seen: list[bool] = []
+    while not waiting.done():
+        seen.append(holder.stop_requested())
+        await asyncio.sleep(0.01)
+    return seen
+
+
+async def test_waiter_that_does_not_take_over_never_asks(tmp_path: Path, one_file: bool) -> None:
+    """With ``take_over=False`` a waiter only waits: the holder sees no request to stop during
+    the whole wait, the waiter raises ``UploadLocked`` after its wait time and leaves no
+    marker, and the next holder sees no request either."""
+    locker = FileLocker(tmp_path, timeout=0.3, interval=0.01, one_file=one_file)
+    upload_id = new_id()
+    async with locker.lock(upload_id) as holder:
+        waiting = asyncio.ensure_future(locker.lock(upload_id, take_over=False).__aenter__())
+        seen = await stop_requests_seen(holder, waiting)
+        with pytest.raises(UploadLocked):
+            await waiting
+        assert seen
+        assert not any(seen)
+        assert lock_files(locker) == ([] if one_file else [f"{upload_id}.lock"])
+    async with locker.lock(upload_id) as next_holder:
+        await asyncio.sleep(0.06)
+        assert not next_holder.stop_requested()
+    assert lock_files(locker) == []
+
+
+async def test_waiter_that_does_not_take_over_gets_a_released_lock(
+    tmp_path: Path, one_file: bool
+) -> None:
+    """A waiter with ``take_over=False`` is not refused at once: it gets the lock once the
+    holder lets go of its own accord, unasked, before the wait ends."""
+    locker = FileLocker(tmp_path, timeout=30, interval=0.01, one_file=one_file)
+    upload_id = new_id()
+    holding = asyncio.Event()
+    seen: list[bool] = []
+    order: list[str] = []
+
+    async def holder() -> None:
+        async with locker.lock(upload_id) as handle:
+            holding.set()
+            for _ in range(15):  # three looks at the stop request (one every 50 ms at most)
+                seen.append(handle.stop_requested())
+                await asyncio.sleep(0.01)
+            order.append("released")
+
+    async def waiter() -> None:
+        await holding.wait()
+        async with locker.lock(upload_id, take_over=False):
+            order.append("acquired")
+
+    await asyncio.wait_for(asyncio.gather(holder(), waiter()), 10)
+    assert order == ["released", "acquired"]
+    assert not any(seen)
+    assert lock_files(locker) == []
+
+
+class RecordingLeases:
+    """A :class:`LeaseStore` in memory that records release requests (leases never expire)."""
+
+    def __init__(self) -> None:
+        self.holders: dict[str, str] = {}
+        self.requested: set[str] = set()
+        self.requests = 0
+
+    async def acquire_lease(self, upload_id: str, owner: str, ttl: float) -> bool:
+        holder = self.holders.get(upload_id)
+        if holder is not None and holder != owner:
+            return False
+        if holder is None:
+            self.requested.discard(upload_id)
+        self.holders[upload_id] = owner
+        return True
+
+    async def release_lease(self, upload_id: str, owner: str) -> None:
+        if self.holders.get(upload_id) == owner:
+            del self.holders[upload_id]
+
+    async def request_release(self, upload_id: str) -> None:
+        self.requests += 1
+        self.requested.add(upload_id)
+
+    async def release_requested(self, upload_id: str, owner: str) -> bool:
+        return self.holders.get(upload_id) == owner and upload_id in self.requested
+
+
+async def test_lease_waiter_that_does_not_take_over_never_asks() -> None:
+    """Across hosts (no shared local lock): a ``take_over=False`` waiter never requests a
+    release, the holder sees no request, and the waiter raises ``UploadLocked`` after its wait
+    time; by default the waiter requests it and the holder sees it."""
+    leases = RecordingLeases()
+    assert isinstance(leases, LeaseStore)
+    upload_id = new_id()
+    host_a = LeaseLocker(leases, ttl=30, poll=0.01)
+    host_b = LeaseLocker(leases, ttl=30, timeout=0.2, interval=0.01)
+    async with host_a.lock(upload_id) as holder:
+        waiting = asyncio.ensure_future(host_b.lock(upload_id, take_over=False).__aenter__())
+        seen = await stop_requests_seen(holder, waiting)
+        with pytest.raises(UploadLocked):
+            await waiting
+        assert seen
+        assert not any(seen)
+        assert leases.requests == 0
+
+        waiting = asyncio.ensure_future(host_b.lock(upload_id).__aenter__())
+        seen = await stop_requests_seen(holder, waiting)
+        with pytest.raises(UploadLocked):
+            await waiting
+        assert leases.requests > 0
+        assert any(seen)
+
+
+async def test_lease_waiter_that_does_not_take_over_gets_a_released_lease() -> None:
+    """A ``take_over=False`` lease waiter is not refused at once: it gets the lease once the
+    holder lets go of its own accord, unasked, before the wait ends."""
+    leases = RecordingLeases()
+    upload_id = new_id()
+    host_a = LeaseLocker(leases, ttl=30, poll=0.01)
+    host_b = LeaseLocker(leases, ttl=30, timeout=30, interval=0.01)
+    holding = asyncio.Event()
+    seen: list[bool] = []
+    order: list[str] = []
+
+    async def holder() -> None:
+        async with host_a.lock(upload_id) as handle:
+            holding.set()
+            for _ in range(10):  # the holder looks for release requests every 10 ms
+                seen.append(handle.stop_requested())
+                await asyncio.sleep(0.01)
+            order.append("released")
+
+    async def waiter() -> None:
+        await holding.wait()
+        async with host_b.lock(upload_id, take_over=False):
+            order.append("acquired")
+
+    await asyncio.wait_for(asyncio.gather(holder(), waiter()), 10)
+    assert order == ["released", "acquired"]
+    assert not any(seen)
+    assert leases.requests == 0
+    assert leases.holders == {}
+
+
+async def test_lease_locker_passes_take_over_to_its_local_lock(
+    tmp_path: Path, one_file: bool
+) -> None:
+    """On one host the local lock decides: ``take_over=False`` reaches it, so the holder sees
+    no request while the waiter waits; by default it does (the local lock asked)."""
+    leases = RecordingLeases()
+    upload_id = new_id()
+    local = FileLocker(tmp_path, timeout=0.3, interval=0.01, one_file=one_file)
+    locker = LeaseLocker(leases, local=local, ttl=30, timeout=0.3, poll=0.01)
+    async with locker.lock(upload_id) as holder:
+        waiting = asyncio.ensure_future(locker.lock(upload_id, take_over=False).__aenter__())
+        seen = await stop_requests_seen(holder, waiting)
+        with pytest.raises(UploadLocked):
+            await waiting
+        assert seen
+        assert not any(seen)
+
+        waiting = asyncio.ensure_future(locker.lock(upload_id).__aenter__())
+        seen = await stop_requests_seen(holder, waiting)
+        with pytest.raises(UploadLocked):
+            await waiting
+        assert any(seen)
+    assert leases.requests == 0  # the local lock refused the waiters before the lease loop
+    assert lock_files(local) == []
 
 
 async def test_lock_is_exclusive_across_threads(locker: FileLocker) -> None:

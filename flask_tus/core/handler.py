@@ -562,6 +562,25 @@ class TusHandler:
     def _expired(self, upload: Upload, now: datetime) -> bool:
         return upload.is_expired(now, expire_completed=self.settings.expire_completed)
 
+    async def is_expired(self, upload: Upload, now: datetime) -> bool:
+        """Whether ``upload`` has expired at ``now``, as cleanup must judge it.
+
+        Past its ``expires_at``, an unfinished final upload whose parts are all finished has
+        not expired: it is only waiting to be assembled, which the next HEAD or GET does.
+        """
+        if not self._expired(upload, now):
+            return False
+        if upload.concat != "final" or upload.is_complete:
+            return True
+        for part_id in upload.parts:
+            try:
+                part = await self.store.get(part_id)
+            except errors.UploadNotFound:
+                return True
+            if not part.is_complete:
+                return True
+        return False
+
     def _expiry(self, now: datetime) -> datetime | None:
         exp = self.settings.expiration
         return None if exp is None else now + exp

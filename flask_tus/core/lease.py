@@ -5,7 +5,7 @@
 database and the upload storage never interleave writes: a writer holds the upload's lease
 (owner, expiry) and renews it while it works; a lease whose holder died expires and is taken
 over; a waiter asks the holder to let go (the release request), and the holder does so between
-body pieces.
+body pieces. A waiter that must not take over (``take_over=False``) never asks: it only waits.
 """
 
 from __future__ import annotations
@@ -61,9 +61,14 @@ class LeaseLocker:
         self.poll = min(poll, ttl / 3)
 
     @asynccontextmanager
-    async def lock(self, upload_id: str) -> AsyncIterator[LockHandle]:
+    async def lock(self, upload_id: str, *, take_over: bool = True) -> AsyncIterator[LockHandle]:
+        """Hold ``upload_id``'s lease (and the ``local`` lock first) for the block; see
+        :meth:`Locker.lock <flask_tus.core.protocols.Locker.lock>`. ``UploadNotFound`` when the
+        store has no such upload."""
         local: AbstractAsyncContextManager[LockHandle | None] = (
-            self.local.lock(upload_id) if self.local else contextlib.nullcontext()
+            self.local.lock(upload_id, take_over=take_over)
+            if self.local
+            else contextlib.nullcontext()
         )
         async with local as local_handle:
             owner = secrets.token_hex(16)
@@ -72,7 +77,8 @@ class LeaseLocker:
                 while not await self.store.acquire_lease(upload_id, owner, self.ttl):
                     if time.monotonic() >= deadline:
                         raise UploadLocked()
-                    await self.store.request_release(upload_id)
+                    if take_over:
+                        await self.store.request_release(upload_id)
                     await asyncio.sleep(self.interval)
             except asyncio.CancelledError:
                 # An acquire cut short may still have landed in the database: give it back

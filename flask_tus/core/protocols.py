@@ -102,12 +102,16 @@ class LockHandle(Protocol):
 class Locker(Protocol):
     """One writer per upload."""
 
-    def lock(self, upload_id: str) -> AbstractAsyncContextManager[LockHandle]:
+    def lock(
+        self, upload_id: str, *, take_over: bool = True
+    ) -> AbstractAsyncContextManager[LockHandle]:
         """Hold the upload's lock for the ``async with`` block.
 
         While waiting, the locker asks the current holder to stop (see
-        :meth:`LockHandle.stop_requested`). Raises ``UploadLocked`` when the holder keeps the
-        lock past the locker's wait time.
+        :meth:`LockHandle.stop_requested`). With ``take_over`` false it only waits, and the
+        holder never sees a request to stop: for work such as expiry cleanup, which must not
+        cut a running request short. Either way raises ``UploadLocked`` when the holder keeps
+        the lock past the locker's wait time.
         """
 
 

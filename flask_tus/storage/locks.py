@@ -13,7 +13,8 @@ drops them when their holder's descriptor closes, also when the process dies.
   tries again.
 
 A waiter asks the holder to finish early; the holder sees it between body pieces, commits what
-it has and lets go.
+it has and lets go. A waiter that must not take over (``take_over=False``) never asks: it
+only waits.
 
 - With one file, the waiter holds a shared lock on the upload's stop byte (its lock byte plus
   2^60) until it gets the lock or gives up, and the holder tests that byte (``F_OFD_GETLK``):
@@ -117,15 +118,19 @@ class FileLocker:
         return self.directory / f"{upload_id}{suffix}"
 
     @asynccontextmanager
-    async def lock(self, upload_id: str) -> AsyncIterator[FileLockHandle]:
+    async def lock(
+        self, upload_id: str, *, take_over: bool = True
+    ) -> AsyncIterator[FileLockHandle]:
+        """Hold ``upload_id``'s lock for the block; see :meth:`Locker.lock
+        <flask_tus.core.protocols.Locker.lock>`. ``ValueError`` for an invalid id."""
         if not is_valid_id(upload_id):
             raise ValueError(f"invalid upload id {upload_id!r}")
         locking = self._byte_lock if self.one_file else self._file_lock
-        async with locking(upload_id) as handle:
+        async with locking(upload_id, take_over) as handle:
             yield handle
 
     @asynccontextmanager
-    async def _byte_lock(self, upload_id: str) -> AsyncIterator[FileLockHandle]:
+    async def _byte_lock(self, upload_id: str, take_over: bool) -> AsyncIterator[FileLockHandle]:
         byte = _byte_of(upload_id)
         stop_byte = _STOP_BYTES + byte
         deadline = time.monotonic() + self.timeout
@@ -137,7 +142,7 @@ class FileLocker:
             while not locked:
                 if time.monotonic() >= deadline:
                     raise UploadLocked()  # closing the descriptor withdraws the request
-                if not asked:
+                if take_over and not asked:
                     # Held until this waiter gets the lock or gives up.
                     await asyncio.to_thread(_set_lock, fd, stop_byte, fcntl.F_RDLCK)
                     asked = True
@@ -153,7 +158,7 @@ class FileLocker:
             await asyncio.to_thread(os.close, fd)
 
     @asynccontextmanager
-    async def _file_lock(self, upload_id: str) -> AsyncIterator[FileLockHandle]:
+    async def _file_lock(self, upload_id: str, take_over: bool) -> AsyncIterator[FileLockHandle]:
         path = self._path(upload_id, ".lock")
         stop_path = self._path(upload_id, ".stop")
         deadline = time.monotonic() + self.timeout
@@ -162,10 +167,13 @@ class FileLocker:
             if fd is not None:
                 break
             if time.monotonic() >= deadline:
-                await asyncio.to_thread(_clear_stop, stop_path)
+                if take_over:
+                    await asyncio.to_thread(_clear_stop, stop_path)
+                # Else the marker, if any, is another waiter's request: not ours to withdraw.
                 raise UploadLocked()
-            # Renewed on every round: another waiter may have taken the lock and cleared it.
-            await asyncio.to_thread(_request_stop, stop_path)
+            if take_over:
+                # Renewed on every round: another waiter may have taken the lock and cleared it.
+                await asyncio.to_thread(_request_stop, stop_path)
             await asyncio.sleep(self.interval)
         try:
             yield FileLockHandle(stop_path.exists)
