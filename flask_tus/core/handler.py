@@ -42,6 +42,7 @@ from .messages import TusRequest, TusResponse
 from .protocols import ConcatenatingStorage, DataStorage, Locker, LockHandle, UploadStore
 from .pump import BodyPump
 from .settings import TusSettings
+from .steps import run_to_end
 from .upload import Upload
 
 log = logging.getLogger("flask_tus")
@@ -392,8 +393,9 @@ class TusHandler:
             return upload, received
         done = length is not None and new_offset == length
         committed = staged.copy(offset=new_offset, completed_at=self.clock() if done else None)
-        # Compare-and-set: only the request that saw this offset may move it.
-        await self.store.commit(committed, expected_offset=offset)
+        # Compare-and-set: only the request that saw this offset may move it. Run to its end
+        # even if this request is cancelled: the lock must outlive the commit (core/steps.py).
+        await run_to_end(self.store.commit(committed, expected_offset=offset))
         await self._fire("post_save", committed, request)
         if done:
             # Reaching the length happens once per upload (the commit above is a CAS), so this
@@ -469,7 +471,7 @@ class TusHandler:
         async with self.locker.lock(upload_id):
             upload = await self.store.get(upload_id)
             await self._fire("pre_delete", upload, request)
-            await self.remove(upload_id)
+            await run_to_end(self.remove(upload_id))
         await self._fire("post_delete", upload, request)
         return TusResponse(204)
 
@@ -522,7 +524,7 @@ class TusHandler:
                     if current.length is not None:
                         return current
                     known = current.copy(length=sum(p.length or 0 for p in parts))
-                    await self.store.commit(known, expected_offset=current.offset)
+                    await run_to_end(self.store.commit(known, expected_offset=current.offset))
                 return known
             return final
         assert isinstance(self.storage, ConcatenatingStorage)
@@ -530,10 +532,10 @@ class TusHandler:
             current = await self.store.get(final.id)
             if current.is_complete:
                 return current
-            await self.storage.concatenate(final.id, final.parts)
+            await run_to_end(self.storage.concatenate(final.id, final.parts))
             total = sum(p.offset for p in parts)
             done = current.copy(length=total, offset=total, completed_at=self.clock())
-            await self.store.commit(done, expected_offset=current.offset)
+            await run_to_end(self.store.commit(done, expected_offset=current.offset))
         await self._fire("on_complete", done, request)
         return done
 

@@ -36,12 +36,16 @@ import os
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..core.errors import UploadLocked
 from ..core.ids import is_valid_id
+from ..core.steps import run_to_end
+
+T = TypeVar("T")
 
 #: Open file description locks need Linux; the ``struct flock`` packed below is 64-bit Linux's.
 ONE_FILE_SUPPORTED = (
@@ -136,7 +140,9 @@ class FileLocker:
         deadline = time.monotonic() + self.timeout
         # One open file description per request: locks of the same one never exclude each
         # other. Opening and the first try share a thread hop.
-        fd, locked = await asyncio.to_thread(_open_and_lock, self.directory / LOCKS_FILE, byte)
+        fd, locked = await _in_thread(
+            _open_and_lock, self.directory / LOCKS_FILE, byte, undo=_close_first
+        )
         try:
             asked = False
             while not locked:
@@ -144,10 +150,10 @@ class FileLocker:
                     raise UploadLocked()  # closing the descriptor withdraws the request
                 if take_over and not asked:
                     # Held until this waiter gets the lock or gives up.
-                    await asyncio.to_thread(_set_lock, fd, stop_byte, fcntl.F_RDLCK)
+                    await _in_thread(_set_lock, fd, stop_byte, fcntl.F_RDLCK)
                     asked = True
                 await asyncio.sleep(self.interval)
-                locked = await asyncio.to_thread(_set_lock, fd, byte, fcntl.F_WRLCK)
+                locked = await _in_thread(_set_lock, fd, byte, fcntl.F_WRLCK)
             if asked:
                 # Withdraw the request, meant for the holder that let go. A call on the
                 # descriptor that never waits: no thread hop.
@@ -163,7 +169,9 @@ class FileLocker:
         stop_path = self._path(upload_id, ".stop")
         deadline = time.monotonic() + self.timeout
         while True:
-            fd = await asyncio.to_thread(_lock_file, path, stop_path)
+            fd = await _in_thread(
+                _lock_file, path, stop_path, undo=functools.partial(_let_go_of, path)
+            )
             if fd is not None:
                 break
             if time.monotonic() >= deadline:
@@ -179,6 +187,27 @@ class FileLocker:
             yield FileLockHandle(stop_path.exists)
         finally:
             await asyncio.to_thread(_unlink_and_close, path, fd)
+
+
+def _in_thread(
+    function: Callable[..., T], *args: Any, undo: Callable[[T], object] | None = None
+) -> Awaitable[T]:
+    """``function(*args)`` in a worker thread, awaited to its end even when the request is
+    cancelled meanwhile (then ``undo`` gives back what it took): a lock taken, or a call on a
+    descriptor, must not outlive the code that closes the descriptor."""
+    future = asyncio.get_running_loop().run_in_executor(None, function, *args)
+    return run_to_end(future, undo)
+
+
+def _close_first(opened: tuple[int, bool]) -> None:
+    """Undo :func:`_open_and_lock`: closing the descriptor drops the lock it may hold."""
+    os.close(opened[0])
+
+
+def _let_go_of(path: Path, fd: int | None) -> None:
+    """Undo :func:`_lock_file`: release a lock file taken for a request that was cancelled."""
+    if fd is not None:
+        _unlink_and_close(path, fd)
 
 
 def _byte_of(upload_id: str) -> int:
