@@ -1,7 +1,10 @@
 # The demo and the test suite in a container: `docker compose up`, `docker compose run app pytest tests`.
-FROM python:3.12-slim
+# Debian 12 (bookworm), the release whose chromium and PostgreSQL client the tests run with.
+FROM python:3.12-slim-bookworm
+# node runs tus-js-client in the interop tests; chromium is the browser of tests/test_browser.py
+# (Debian's, at /usr/bin/chromium, as `make test-deps` installs it).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends nodejs npm make \
+    && apt-get install -y --no-install-recommends nodejs npm make chromium \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./

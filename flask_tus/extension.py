@@ -61,7 +61,9 @@ class FlaskTus:
     ``model`` picks the metadata store: ``None`` for the embedded JSON store, an object that
     implements :class:`~flask_tus.core.protocols.UploadStore`, or a class with a
     ``from_flask(app, db)`` classmethod (the seed's ``FlaskTus(app, model=..., db=...)``).
-    ``storage`` replaces the local-directory byte storage, ``locker`` the host-local locks.
+    ``storage`` replaces the local-directory byte storage. ``locker`` replaces the whole
+    per-upload lock, used as given: the host-local file locks and, with a store that keeps
+    leases, the lease around them (``TUS_LOCK_TIMEOUT`` and ``TUS_LEASE_TTL`` then do not apply).
 
     Callbacks: override ``on_create``, ``pre_save``, ``post_save``, ``on_complete``,
     ``pre_delete`` or ``post_delete`` in a subclass, or register functions with
@@ -109,8 +111,8 @@ class FlaskTus:
             expiration=config["TUS_EXPIRATION"],
             expire_completed=bool(config["TUS_EXPIRE_COMPLETED"]),
             chunk_size=chunk_size,
-            checksum_algorithms=tuple(config["TUS_CHECKSUM_ALGORITHMS"]),
-            cors_origins=_origins(config["TUS_CORS_ORIGINS"]),
+            checksum_algorithms=_names(config["TUS_CHECKSUM_ALGORITHMS"]),
+            cors_origins=_names(config["TUS_CORS_ORIGINS"]),
             trusted_proxies=parse_networks(config["TUS_TRUSTED_PROXIES"]),
             fsync=bool(config["TUS_FSYNC"]),
         )
@@ -249,8 +251,9 @@ class FlaskTus:
         """Called after an upload's data and record are removed."""
 
 
-def _origins(value: Any) -> tuple[str, ...]:
-    """``TUS_CORS_ORIGINS``: ``"*"``, a comma-separated string, a list, or ``None``/empty."""
+def _names(value: Any) -> tuple[str, ...]:
+    """``TUS_CORS_ORIGINS`` or ``TUS_CHECKSUM_ALGORITHMS``: a comma-separated string (``"*"``,
+    ``"sha1, md5"``), a list or tuple, or ``None``/empty for none."""
     if not value:
         return ()
     if isinstance(value, str):

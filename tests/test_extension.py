@@ -366,6 +366,35 @@ def test_chunk_size_reaches_settings_and_default_storage(make_app: Any) -> None:
     assert handler.storage.chunk_size == 12345
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        pytest.param("sha1", ("sha1",), id="one-name"),
+        pytest.param("sha1, md5", ("sha1", "md5"), id="comma-separated"),
+        pytest.param(["sha256", "crc32"], ("sha256", "crc32"), id="list"),
+        pytest.param(("md5",), ("md5",), id="tuple"),
+        pytest.param(None, (), id="none"),
+        pytest.param("", (), id="empty"),
+    ],
+)
+def test_checksum_algorithms_setting_forms(
+    make_app: Any, setting: Any, expected: tuple[str, ...]
+) -> None:
+    """``TUS_CHECKSUM_ALGORITHMS`` takes the forms ``TUS_CORS_ORIGINS`` takes; OPTIONS
+    advertises exactly those algorithms, and none turns the checksum extension off."""
+    app, _ = make_app(TUS_CHECKSUM_ALGORITHMS=setting)
+    assert app.extensions["tus"].handler.settings.checksum_algorithms == expected
+    options = app.test_client().options("/files/")
+    assert options.headers.get("Tus-Checksum-Algorithm") == (",".join(expected) or None)
+    assert ("checksum" in options.headers["Tus-Extension"].split(",")) == bool(expected)
+
+
+def test_unknown_checksum_algorithm_is_refused_by_name(make_app: Any) -> None:
+    """An algorithm the server cannot compute is refused at ``init_app``, by its name."""
+    with pytest.raises(ValueError, match="sha3"):
+        make_app(TUS_CHECKSUM_ALGORITHMS="sha1, sha3")
+
+
 # ---------------------------------------------------------------------- model=..., db=...
 
 
