@@ -320,6 +320,34 @@ async def test_database_and_collection_names(
         motor_client.close()
 
 
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        pytest.param("", {"j": True}, id="default-journaled"),
+        pytest.param("w=1&journal=false", {"w": 1, "j": False}, id="uri-kept"),
+        pytest.param("w=majority", {"w": "majority"}, id="uri-w-kept"),
+    ],
+)
+async def test_writes_are_journaled_unless_told_otherwise(
+    mongo_uri: str, db_name: str, options: str, expected: dict[str, Any]
+) -> None:
+    """Commits are acknowledged once journaled (``j``), unless the URI or the client's options
+    give a write concern of their own, which is kept."""
+    base, _, query = mongo_uri.partition("?")
+    query = "&".join(part for part in (query, options) if part)
+    made = MongoModel(f"{base}?{query}" if query else base, database=db_name)
+    try:
+        upload = contract.plain_record()
+        await made.create(upload)
+        await made.commit(upload.copy(offset=1), expected_offset=0)
+        assert (await made.get(upload.id)).offset == 1
+        collection = made._collection
+        assert collection is not None
+        assert collection.write_concern.document == expected
+    finally:
+        await made.close()
+
+
 def test_from_flask_needs_a_database() -> None:
     """``from_flask`` without ``TUS_MONGODB_URI`` or ``db`` is a clear error; so is a ``db``
     that is not a MongoDB object."""

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from pymongo import AsyncMongoClient, MongoClient, ReturnDocument
+from pymongo import AsyncMongoClient, MongoClient, ReturnDocument, WriteConcern
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.collection import Collection
@@ -143,7 +143,14 @@ class MongoModel:
             else:
                 database = client.get_default_database(DEFAULT_DATABASE)
             self._client = client
-            self._collection = database.get_collection(self._collection_name)
+            uploads = database.get_collection(self._collection_name)
+            if uploads.write_concern.is_server_default:
+                # A write is acknowledged once journaled: an offset answered with 204 survives
+                # a crash of mongod, as the bytes it counts survive one of this host (fsync).
+                # Without ``j`` a standalone server acknowledges writes up to 100 ms before
+                # they are on disk. A write concern given in the URI or options is kept.
+                uploads = uploads.with_options(write_concern=WriteConcern(j=True))
+            self._collection = uploads
             self._indexes = asyncio.Lock()
         if not self._indexed:
             assert self._indexes is not None
