@@ -5,6 +5,9 @@ PORT`` or ``hypercorn demo.app:asgi_app --bind 127.0.0.1:PORT``. Files land in
 ``demo/uploads/`` unless ``TUS_UPLOAD_DIR`` is set in the environment. Upload records are JSON
 files beside them, or rows in the SQL database ``TUS_DATABASE_URL`` names when that is set,
 or documents in the MongoDB ``TUS_MONGODB_URI`` names when that is set.
+
+It has no users: anyone who reaches it can list, download and delete every upload. Keep it on
+127.0.0.1.
 """
 
 from __future__ import annotations

@@ -386,6 +386,13 @@ CASES: dict[str, Bad] = {
         target="collection",
         mentions="partial",
     ),
+    "concat-same-upload-twice": Bad(
+        "POST",
+        400,
+        {**FINAL_NO_LENGTH, "Upload-Concat": "final;/files/{id} /files/{id}"},
+        target="collection",
+        mentions="more than once",
+    ),
     "concat-bogus": Bad(
         "POST", 400, {"Upload-Concat": "bogus"}, target="collection", mentions="Upload-Concat"
     ),

@@ -507,7 +507,10 @@ class TusHandler:
         """Build a final upload once all its partials are finished; until then leave it be.
 
         With concatenation-unfinished a final may be created before its parts finish; it is
-        assembled by the first request that finds them all done.
+        assembled by the first request that finds them all done. Raises ``PayloadTooLarge``
+        when the parts, once their lengths are known, pass the maximum size together (a part
+        whose length was deferred was not counted when the final was made): such a final is
+        never assembled, and expires.
         """
         parts: list[Upload] = []
         for part_id in final.parts:
@@ -515,6 +518,8 @@ class TusHandler:
                 parts.append(await self.store.get(part_id))
             except errors.UploadNotFound:
                 return final
+        if all(p.length is not None for p in parts):
+            self._check_max(sum(p.length or 0 for p in parts), "the parts together")
         if not all(p.is_complete for p in parts):
             if final.length is None and all(p.length is not None for p in parts):
                 # Under the lock, like assembly: a request assembling the final meanwhile must
@@ -574,6 +579,7 @@ class TusHandler:
             return False
         if upload.concat != "final" or upload.is_complete:
             return True
+        total = 0
         for part_id in upload.parts:
             try:
                 part = await self.store.get(part_id)
@@ -581,7 +587,10 @@ class TusHandler:
                 return True
             if not part.is_complete:
                 return True
-        return False
+            total += part.offset
+        # Parts too large together are never assembled (see _try_assemble).
+        limit = self.settings.max_size
+        return limit is not None and total > limit
 
     def _expiry(self, now: datetime) -> datetime | None:
         exp = self.settings.expiration
@@ -631,13 +640,13 @@ class TusHandler:
         path = request.collection_path + upload_id
         if not self._from_trusted_proxy(request):
             return path
-        host = _first(request.headers.get("x-forwarded-host"))
+        host = _last(request.headers.get("x-forwarded-host"))
         if not host or not _HOST.fullmatch(host):
             return path
-        proto = _first(request.headers.get("x-forwarded-proto")) or "http"
+        proto = _last(request.headers.get("x-forwarded-proto")) or "http"
         if proto not in ("http", "https"):
             proto = "http"
-        prefix = (_first(request.headers.get("x-forwarded-prefix")) or "").rstrip("/")
+        prefix = (_last(request.headers.get("x-forwarded-prefix")) or "").rstrip("/")
         if not _PREFIX.fullmatch(prefix):
             prefix = ""
         return f"{proto}://{host}{prefix}{path}"
@@ -689,8 +698,9 @@ def _media_type(headers: dict[str, str]) -> str:
     return headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-def _first(value: str | None) -> str | None:
-    """The first (client-most) entry of a comma-separated forwarded header."""
+def _last(value: str | None) -> str | None:
+    """The last entry of a comma-separated forwarded header: the one the trusted proxy that
+    sent the request wrote (a proxy that appends keeps what the client sent before it)."""
     if value is None:
         return None
-    return value.split(",", 1)[0].strip() or None
+    return value.rsplit(",", 1)[-1].strip() or None

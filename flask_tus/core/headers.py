@@ -145,9 +145,9 @@ def parse_concat(value: str | None) -> Concat | None:
     """Parse ``Upload-Concat`` on a POST (tus concatenation extension).
 
     ``final;`` lists space-separated upload URLs, relative or absolute; the last path segment of
-    each must be a valid upload id. Raises :class:`BadRequest` otherwise, and for a URL with a
-    comma: a list separated by commas, read as one path, ``/files/a,/files/b``, would quietly
-    name only ``b``.
+    each must be a valid upload id, named once. Raises :class:`BadRequest` otherwise, and for a
+    URL with a comma: a list separated by commas, read as one path, ``/files/a,/files/b``,
+    would quietly name only ``b``.
     """
     if value is None:
         return None
@@ -170,6 +170,10 @@ def parse_concat(value: str | None) -> Concat | None:
         upload_id = path.rstrip("/").rsplit("/", 1)[-1]
         if not is_valid_id(upload_id):
             raise BadRequest("Upload-Concat names an invalid upload id")
+        if upload_id in ids:
+            # Listing a part twice would store its bytes twice: a few bytes of header could
+            # then make a final far beyond what was uploaded.
+            raise BadRequest(f"Upload-Concat names upload {upload_id} more than once")
         ids.append(upload_id)
     return Concat("final", tuple(ids))
 

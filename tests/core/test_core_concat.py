@@ -282,6 +282,10 @@ async def test_on_complete_fires_once_for_final(handler: TusHandler) -> None:
         pytest.param("final;/files/0123456789ABCDEF0123456789ABCDEF", id="uppercase-id"),
         pytest.param("final;/files/{id} /files/nope", id="one-bad-among-good"),
         pytest.param("final;/files/{id},/files/{id}", id="comma-separated"),
+        pytest.param("final;/files/{id} /files/{id}", id="same-part-twice"),
+        pytest.param(
+            "final;/files/{id} http://elsewhere.example/files/{id}/", id="same-part-by-two-urls"
+        ),
         pytest.param("final;/files/{id}, /files/{id}", id="comma-and-space"),
         pytest.param("final;http://[::1/files/{id}", id="invalid-url"),
         pytest.param("partial;", id="partial-with-semicolon"),
@@ -363,6 +367,32 @@ async def test_final_longer_than_the_maximum_is_413(
     assert b"maximum size of 10" in response.body
     assert "Location" not in response.headers
     assert stored_files(upload_dir) == before
+
+
+@pytest.mark.parametrize("method", ["HEAD", "GET"])
+async def test_final_whose_deferred_part_passes_the_maximum_is_never_assembled(
+    handler: TusHandler, upload_dir: Path, method: str
+) -> None:
+    """A part whose length was deferred when the final was made counts once it is known: parts
+    that together pass the maximum are refused (413) and never assembled, and the final
+    expires like an unfinished upload."""
+    with_settings(handler, max_size=10)
+    first = await partial(handler, b"abcdef")
+    created = await post(handler, **{"Upload-Concat": "partial", "Upload-Defer-Length": "1"})
+    second = id_of(created)
+    final_id = id_of(await final(handler, f"/files/{first}", f"/files/{second}"))
+    response = await handler.handle(
+        make_request("PATCH", second, patch_headers(0, **{"Upload-Length": "6"}), b"ghijkl")
+    )
+    assert response.status == 204
+
+    refused = await handler.handle(make_request(method, final_id, TUS))
+    assert refused.status == 413, refused.body
+    assert (upload_dir / final_id).read_bytes() == b""
+    record = await handler.store.get(final_id)
+    assert not record.is_complete
+    assert record.expires_at is not None
+    assert await handler.is_expired(record, record.expires_at)
 
 
 async def test_final_at_the_maximum_is_created(handler: TusHandler) -> None:

@@ -164,9 +164,9 @@ FORWARDED = {"X-Forwarded-Host": "uploads.example.com", "X-Forwarded-Proto": "ht
         pytest.param(
             (PROXY,),
             "10.1.2.3",
-            {"X-Forwarded-Host": "a.example, b.example", "X-Forwarded-Proto": "https, http"},
-            "https://a.example/files/{id}",
-            id="trusted-first-entry",
+            {"X-Forwarded-Host": "evil.example, b.example", "X-Forwarded-Proto": "http, https"},
+            "https://b.example/files/{id}",
+            id="trusted-proxy-entry-not-the-clients",
         ),
         pytest.param(
             (PROXY,),
