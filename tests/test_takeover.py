@@ -7,12 +7,13 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from flask_tus.async_models.json_store import JsonFileStore
 from flask_tus.core import Headers, TusHandler, TusRequest, TusResponse, TusSettings
-from flask_tus.core.errors import UploadLocked, UploadNotFound
+from flask_tus.core.errors import LockLost, UploadLocked, UploadNotFound
 from flask_tus.core.lease import LeaseLocker
 from flask_tus.core.protocols import Locker
 from flask_tus.storage.local import LocalStorage
@@ -214,3 +215,109 @@ async def test_cancelled_wait_for_a_lease_gives_back_what_it_took() -> None:
     with pytest.raises(asyncio.CancelledError):
         await waiter
     assert leases.leases[upload_id][0] is None
+
+
+class FlakyLeases(MemoryLeases):
+    """MemoryLeases whose every call fails (``down``) or hangs (``hung``) on demand, as a
+    database cut off from this host does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.hung = False
+
+    async def _reach(self) -> None:
+        if self.hung:
+            await asyncio.Event().wait()
+        if self.down:
+            raise ConnectionError("store unreachable")
+
+    async def acquire_lease(self, upload_id: str, owner: str, ttl: float) -> bool:
+        await self._reach()
+        return await super().acquire_lease(upload_id, owner, ttl)
+
+    async def release_lease(self, upload_id: str, owner: str) -> None:
+        await self._reach()
+        await super().release_lease(upload_id, owner)
+
+    async def release_requested(self, upload_id: str, owner: str) -> bool:
+        await self._reach()
+        return await super().release_requested(upload_id, owner)
+
+
+def steal(leases: MemoryLeases, upload_id: str) -> None:
+    """Another host takes the lease, as it may once the holder's has expired."""
+    leases.leases[upload_id] = ("other-host", time.monotonic() + 60, False)
+
+
+async def lease_lost_while_writing(
+    upload_dir: Path, break_store: Any, expected_status: int
+) -> None:
+    """A PATCH under a lease whose store breaks (``break_store(leases, upload_id)``) mid-body:
+    it stops writing and commits nothing; the record keeps its offset."""
+    leases = FlakyLeases()
+    locker = LeaseLocker(leases, ttl=0.6, timeout=0.5, interval=0.01, poll=0.02)
+    handler = make_handler(upload_dir, locker)
+    # 60 pieces, one every 20 ms: 1.2 s, twice the ttl. The loss is seen at the next renewal
+    # (a stolen lease) or 2/3 of the ttl after the last one (a store away): 0.4 s at most.
+    length = 60 * PIECE
+    data = bytes(range(256)) * (length // 256)
+    upload_id = await create(handler, length)
+    started = asyncio.Event()
+    request = handler.handle(patch(upload_id, 0, slow_body(data, started), length))
+    task = asyncio.create_task(request)
+    await started.wait()
+    break_store(leases, upload_id)
+    async with asyncio.timeout(5):
+        response = await task
+    assert response.status == expected_status, response.body
+    assert (await handler.store.get(upload_id)).offset == 0
+    assert (upload_dir / upload_id).stat().st_size < length
+
+
+async def test_lease_taken_by_another_host_stops_the_writer_and_its_commit(
+    upload_dir: Path,
+) -> None:
+    """A holder whose lease another host took (it stalled past the ttl) stops writing at its
+    next renewal and commits nothing (409): its bytes past the offset are the new owner's to
+    cut."""
+    await lease_lost_while_writing(upload_dir, steal, 409)
+
+
+async def test_unreachable_store_stops_the_writer_before_the_lease_could_lapse(
+    upload_dir: Path,
+) -> None:
+    """When the lease cannot be renewed for 2/3 of its ttl, the writer stops, well before
+    another host could take the lease over; with the store still away nothing is committed."""
+
+    def cut_off(leases: FlakyLeases, upload_id: str) -> None:
+        leases.down = True
+
+    await lease_lost_while_writing(upload_dir, cut_off, 409)
+
+
+async def test_hanging_store_cannot_keep_the_writer_going(upload_dir: Path) -> None:
+    """A store whose calls never return is given up on (each call is bounded): the writer
+    stops as with an unreachable one and commits nothing."""
+
+    def hang(leases: FlakyLeases, upload_id: str) -> None:
+        leases.hung = True
+
+    await lease_lost_while_writing(upload_dir, hang, 409)
+
+
+async def test_confirm_renews_the_lease_before_the_commit(upload_dir: Path) -> None:
+    """Right before the commit the holder renews its lease for a full ttl, so no other host can
+    take it during the commit; a lease another host holds by then refuses the commit."""
+    leases = MemoryLeases()
+    locker = LeaseLocker(leases, ttl=30, timeout=0.5)
+    upload_id = await create(make_handler(upload_dir, locker), TOTAL)
+    async with locker.lock(upload_id) as held:
+        _, expires_before, _ = leases.leases[upload_id]
+        await asyncio.sleep(0.05)
+        await held.confirm()
+        _, expires_after, _ = leases.leases[upload_id]
+        assert expires_after > expires_before
+        steal(leases, upload_id)
+        with pytest.raises(LockLost):
+            await held.confirm()

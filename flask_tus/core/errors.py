@@ -122,6 +122,19 @@ class UploadLocked(TusError):
     default_message = "upload is locked by another request"
 
 
+class LockLost(TusError):
+    """This request's hold on the upload lapsed before it could commit (409).
+
+    Across hosts the hold is a lease that must be renewed; a holder cut off from the store for
+    longer than the lease's life may have been replaced. Nothing of this request's body is
+    committed; ``HEAD`` tells the offset to resume from.
+    """
+
+    status = 409
+    code = "lock_lost"
+    default_message = "this request lost its hold on the upload; HEAD for the offset"
+
+
 class ChecksumMismatch(TusError):
     """The body does not match ``Upload-Checksum`` (460, tus checksum extension)."""
 

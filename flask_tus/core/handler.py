@@ -22,6 +22,7 @@ from . import errors
 from .checksum import Hasher, new_hasher
 from .download import content_headers
 from .headers import (
+    MAX_INT64,
     OCTET_STREAM,
     SUPPORTED_VERSIONS,
     TUS_VERSION,
@@ -393,6 +394,10 @@ class TusHandler:
             return upload, received
         done = length is not None and new_offset == length
         committed = staged.copy(offset=new_offset, completed_at=self.clock() if done else None)
+        # The lock must still be ours (a lease across hosts can lapse), and stay so until the
+        # commit has landed: LockLost refuses the commit, and the bytes past the offset are
+        # cut by the next writer.
+        await held.confirm()
         # Compare-and-set: only the request that saw this offset may move it. Run to its end
         # even if this request is cancelled: the lock must outlive the commit (core/steps.py).
         await run_to_end(self.store.commit(committed, expected_offset=offset))
@@ -620,6 +625,10 @@ class TusHandler:
         limit = self.settings.max_size
         if length is not None and limit is not None and length > limit:
             raise errors.PayloadTooLarge(f"{what} exceeds the maximum size of {limit}")
+        if length is not None and length > MAX_INT64:
+            # Only parts added up get here (a header is refused by parse_uint): with no
+            # maximum, a sum no store can keep.
+            raise errors.PayloadTooLarge(f"{what} exceeds {MAX_INT64} bytes")
 
     async def _fire(self, name: str, upload: Upload, request: TusRequest) -> None:
         """Run hook ``name``; the event (a copy of the headers) is built only if it has any."""

@@ -26,7 +26,8 @@ _DIGITS = re.compile(r"[0-9]{1,19}")
 # A metadata key: non-empty, no spaces or commas (tus 1.0.0, Upload-Metadata), printable ASCII.
 _META_KEY = re.compile(r"[!-+\--~]+")
 _BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
-_MAX_INT64 = 2**63 - 1
+#: The largest length or offset: what every store can keep (a signed 64-bit integer).
+MAX_INT64 = 2**63 - 1
 
 
 def check_version(value: str | None) -> None:
@@ -49,7 +50,7 @@ def parse_uint(name: str, value: str | None) -> int | None:
     if not _DIGITS.fullmatch(value):
         raise BadRequest(f"{name} must be a non-negative integer")
     number = int(value)
-    if number > _MAX_INT64:
+    if number > MAX_INT64:
         raise BadRequest(f"{name} is too large")
     return number
 

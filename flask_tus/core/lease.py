@@ -12,26 +12,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from .errors import UploadLocked
+from .errors import LockLost, UploadLocked
 from .protocols import LeaseStore, Locker, LockHandle
 
 log = logging.getLogger("flask_tus")
 
 
 class LeaseHandle:
-    """The lease holder's view: set when a release was requested (polled in the background)."""
+    """The lease holder's view, kept up by :meth:`LeaseLocker._keep` in the background.
 
-    def __init__(self) -> None:
+    ``requested``: a release was asked for. ``lost``: the lease went to another owner, or could
+    not be renewed for so long that it may have. Either stops the writer; a lost lease also
+    refuses the commit (:meth:`confirm`), which ``renew`` (renewing the lease for its full
+    life, ``False`` when another owner has it) otherwise makes safe.
+    """
+
+    def __init__(self, renew: Callable[[], Awaitable[bool]] | None = None) -> None:
         self.requested = False
+        self.lost = False
+        self._renew = renew
 
     def stop_requested(self) -> bool:
-        return self.requested
+        return self.requested or self.lost
+
+    async def confirm(self) -> None:
+        if not self.lost and self._renew is not None:
+            self.lost = not await self._renew()
+        if self.lost:
+            raise LockLost()
 
 
 class LeaseLocker:
@@ -85,7 +100,8 @@ class LeaseLocker:
                 # rather than block the upload until the lease expires.
                 await asyncio.shield(self.store.release_lease(upload_id, owner))
                 raise
-            handle = _Combined(LeaseHandle(), local_handle)
+            renew = functools.partial(self._renew, upload_id, owner)
+            handle = _Combined(LeaseHandle(renew), local_handle)
             keeper = asyncio.create_task(self._keep(upload_id, owner, handle.lease))
             try:
                 yield handle
@@ -93,23 +109,54 @@ class LeaseLocker:
                 keeper.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keeper
+                await self._release(upload_id, owner)
+
+    async def _release(self, upload_id: str, owner: str) -> None:
+        """Give the lease back; if the store cannot be reached in a third of the ttl, leave it
+        to expire (the request's answer does not wait for the store)."""
+        try:
+            async with asyncio.timeout(self.ttl / 3):
                 await self.store.release_lease(upload_id, owner)
+        except Exception:
+            log.exception(
+                "tus could not release the lease on upload %s; it expires in %s s",
+                upload_id,
+                self.ttl,
+            )
+
+    async def _renew(self, upload_id: str, owner: str) -> bool:
+        """Renew ``owner``'s lease for a full ttl; ``False`` when another owner has it. Gives
+        up (``TimeoutError``) after a third of the ttl: a store that slow cannot be trusted to
+        have kept the lease."""
+        async with asyncio.timeout(self.ttl / 3):
+            return await self.store.acquire_lease(upload_id, owner, self.ttl)
 
     async def _keep(self, upload_id: str, owner: str, handle: LeaseHandle) -> None:
-        """Renew the lease and watch for release requests until cancelled."""
+        """Renew the lease and watch for release requests until cancelled.
+
+        When renewals fail (the store is unreachable or too slow) for two thirds of the ttl,
+        the lease is taken as lost: the writer stops well before another host could take the
+        lease over, and its commit is refused unless a last renewal succeeds
+        (:meth:`LeaseHandle.confirm`). Each call to the store is bounded, so a store that hangs
+        cannot hold this watch up.
+        """
         renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.poll)
             try:
-                if await self.store.release_requested(upload_id, owner):
-                    handle.requested = True
-                if time.monotonic() - renewed >= self.ttl / 3:
-                    if not await self.store.acquire_lease(upload_id, owner, self.ttl):
-                        # Lost (we stalled past the ttl and someone took over): stop writing.
+                async with asyncio.timeout(self.ttl / 3):
+                    if await self.store.release_requested(upload_id, owner):
                         handle.requested = True
+                if time.monotonic() - renewed >= self.ttl / 3:
+                    if not await self._renew(upload_id, owner):
+                        # Another owner has it (we stalled past the ttl): stop, commit nothing.
+                        handle.lost = True
+                        return
                     renewed = time.monotonic()
             except Exception:
                 log.exception("tus lease upkeep failed for upload %s", upload_id)
+                if time.monotonic() - renewed >= self.ttl * 2 / 3:
+                    handle.lost = True
 
 
 class _Combined:
@@ -123,3 +170,8 @@ class _Combined:
         return self.lease.stop_requested() or (
             self.local is not None and self.local.stop_requested()
         )
+
+    async def confirm(self) -> None:
+        await self.lease.confirm()
+        if self.local is not None:
+            await self.local.confirm()

@@ -97,6 +97,14 @@ class LockHandle(Protocol):
         (decision 6 of the design). Cheap enough to call between body pieces.
         """
 
+    async def confirm(self) -> None:
+        """Make sure the lock is still this holder's, and stays so for a while; called right
+        before a commit. Raises ``LockLost`` when it is not: the commit must not happen.
+
+        A lock the kernel keeps for an open descriptor cannot lapse (nothing to do); a lease
+        is renewed for its full life, so no other host can take it during the commit.
+        """
+
 
 @runtime_checkable
 class Locker(Protocol):

@@ -74,6 +74,9 @@ class FileLockHandle:
         self._checked_at = 0.0
         self._requested = False
 
+    async def confirm(self) -> None:
+        """A file lock lasts as long as its descriptor: it cannot have lapsed."""
+
     def stop_requested(self) -> bool:
         if not self._requested:
             now = time.monotonic()

@@ -395,6 +395,23 @@ async def test_final_whose_deferred_part_passes_the_maximum_is_never_assembled(
     assert await handler.is_expired(record, record.expires_at)
 
 
+async def test_final_longer_than_any_store_can_count_is_413(
+    handler: TusHandler, upload_dir: Path
+) -> None:
+    """With no maximum size, parts whose lengths add up past 2**63 - 1 (what every store keeps)
+    make no final: 413 before anything is created, not a 500 leaving a data file behind."""
+    with_settings(handler, max_size=None)
+    huge = str(2**63 - 1)
+    ids = [
+        id_of(await post(handler, **{"Upload-Concat": "partial", "Upload-Length": huge}))
+        for _ in range(2)
+    ]
+    before = stored_files(upload_dir)
+    response = await final(handler, *(f"/files/{i}" for i in ids))
+    assert response.status == 413, response.body
+    assert stored_files(upload_dir) == before
+
+
 async def test_final_at_the_maximum_is_created(handler: TusHandler) -> None:
     """Parts adding up to exactly ``Tus-Max-Size`` are concatenated."""
     with_settings(handler, max_size=10)
