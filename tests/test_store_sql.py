@@ -555,6 +555,66 @@ async def test_close_and_reuse(store: SQLAlchemyModel) -> None:
     assert await store.get(upload.id) == upload
 
 
+async def test_close_lets_calls_in_flight_end(store: SQLAlchemyModel) -> None:
+    """``close`` waits for calls in flight (they get their answers), and cancels those still
+    running after ``CLOSE_GRACE``: no caller is left waiting on a stopped loop."""
+    upload = await new_upload(store)
+
+    async def slow(seconds: float) -> Any:
+        async def work(conn: Any) -> Any:
+            await asyncio.sleep(seconds)
+            return (await conn.execute(sa.select(store.table.c.id))).scalar_one()
+
+        return await store._run(work)
+
+    quick = asyncio.create_task(slow(0.2))
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(10):
+        await store.close()
+        assert await quick == upload.id
+
+    store.CLOSE_GRACE = 0.2
+    stuck = asyncio.create_task(slow(60))
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(10):
+        await store.close()
+        with pytest.raises(asyncio.CancelledError):
+            await stuck
+    # The store works again afterwards.
+    assert await store.get(upload.id) == upload
+
+
+def test_store_used_before_a_fork_works_in_the_child(store: SQLAlchemyModel) -> None:
+    """A store used in a process that then forks (gunicorn --preload with an app that touches
+    its store at start) serves the child on a loop and connections of the child's own, and
+    the parent's keep working."""
+    upload = in_thread(lambda: new_upload(store))
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+
+            async def child() -> None:
+                async with asyncio.timeout(10):
+                    assert await store.get(upload.id) == upload
+                    await store.commit(upload.copy(offset=1), expected_offset=0)
+
+            asyncio.run(child())
+            code = 0
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    try:
+        answer = os.read(read, 1)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert answer == b"\x00", "the child could not use the store"
+    assert in_thread(lambda: store.get(upload.id)).offset == 1
+
+
 def test_sqlstore_is_the_same_class() -> None:
     """``SQLStore`` is another name for ``SQLAlchemyModel``."""
     assert SQLStore is SQLAlchemyModel

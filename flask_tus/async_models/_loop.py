@@ -11,20 +11,41 @@ threads in every serving mode, about 1 ms per call).
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 T = TypeVar("T")
 
+#: Every LoopThread of this process, told when the process forks.
+_ALL: weakref.WeakSet[LoopThread] = weakref.WeakSet()
+
 
 class LoopThread:
-    """Owns one event loop running forever in a daemon thread, started on first use."""
+    """Owns one event loop running forever in a daemon thread, started on first use.
 
-    def __init__(self, name: str) -> None:
+    A forked child (gunicorn ``--preload``, multiprocessing) inherits the loop but not its
+    thread: there the next call starts a loop of its own, after ``on_fork`` has let the owner
+    drop what belongs to the parent (its pooled connections, its client). ``on_fork`` runs in
+    the child right after the fork, on the forking thread: it must not block or do I/O.
+    """
+
+    def __init__(self, name: str, on_fork: Callable[[], None] | None = None) -> None:
         self._name = name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._guard = threading.Lock()
+        self._on_fork = on_fork
+        _ALL.add(self)
+
+    def _forked(self) -> None:
+        # The parent's loop thread does not exist here, and the guard may have been held by
+        # another of its threads at the fork.
+        self._guard = threading.Lock()
+        self._loop = None
+        if self._on_fork is not None:
+            self._on_fork()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -59,9 +80,33 @@ class LoopThread:
         future = asyncio.run_coroutine_threadsafe(wrapper(), loop)
         return await asyncio.wrap_future(future)
 
+    @staticmethod
+    async def settle(grace: float) -> None:
+        """On the owned loop: wait up to ``grace`` seconds for every other task (calls in
+        flight) to end, then cancel those still running and wait for them to unwind (their
+        transactions roll back), so that stopping the loop strands no caller."""
+        current = asyncio.current_task()
+        running = [task for task in asyncio.all_tasks() if task is not current]
+        if not running:
+            return
+        _, late = await asyncio.wait(running, timeout=grace)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+
     def stop(self) -> None:
-        """Stop the loop and its thread (for tests and orderly shutdown)."""
+        """Stop the loop and its thread (for tests and orderly shutdown; callers still waiting
+        on it are stranded: :meth:`settle` first)."""
         with self._guard:
             loop, self._loop = self._loop, None
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(loop.stop)
+
+
+def _after_fork_in_child() -> None:
+    for owner in list(_ALL):
+        owner._forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -98,7 +98,7 @@ class MongoModel:
         self._settings = settings
         self._database_name = database or implied_database
         self._collection_name = collection or implied_collection or DEFAULT_COLLECTION
-        self._loop = LoopThread("flask-tus-mongo")
+        self._loop = LoopThread("flask-tus-mongo", on_fork=self._forget_client)
         # Touched only on the private loop.
         self._client: AsyncMongoClient[Document] | None = None
         self._collection: AsyncCollection[Document] | None = None
@@ -255,7 +255,18 @@ class MongoModel:
         )
         return found is not None
 
+    def _forget_client(self) -> None:
+        """In a forked child: drop the parent's client (its sockets and monitor threads are
+        the parent's); the child's first call opens one of its own."""
+        self._client = self._collection = None
+        self._indexes = None
+        self._indexed = False
+
+    #: Seconds :meth:`close` lets calls in flight finish before it cancels them.
+    CLOSE_GRACE = 5.0
+
     async def _close(self) -> None:
+        await self._loop.settle(self.CLOSE_GRACE)
         client, self._client, self._collection = self._client, None, None
         self._indexed = False
         if client is not None:
@@ -324,8 +335,8 @@ class MongoModel:
     # ------------------------------------------------------------------ lifecycle
 
     async def close(self) -> None:
-        """Close the client and stop the private loop, once no call is running; a later call
-        starts both again."""
+        """Let the calls in flight end (for up to ``CLOSE_GRACE`` seconds, then cancel them),
+        close the client and stop the private loop; a later call starts both again."""
         await self._run(self._close)
         self._loop.stop()
 

@@ -153,7 +153,7 @@ class SQLAlchemyModel:
             self.engine = create_async_engine(url, **options)
         self.table = uploads_table(metadata if metadata is not None else sa.MetaData(), table_name)
         self._database_clock = self.engine.dialect.name == "postgresql"
-        self._loop = LoopThread(f"flask-tus-sql-{table_name}")
+        self._loop = LoopThread(f"flask-tus-sql-{table_name}", on_fork=self._forget_connections)
         self._table_ready = False
         self._table_lock: asyncio.Lock | None = None
         # Work finishing for callers that went away (only touched on the store's loop).
@@ -280,11 +280,27 @@ class SQLAlchemyModel:
 
         await self._loop.run(drop)
 
+    #: Seconds :meth:`close` lets calls in flight finish before it cancels them.
+    CLOSE_GRACE = 5.0
+
     async def close(self) -> None:
-        """Close the pooled connections and stop the private loop (it restarts if used again)."""
-        await self._loop.run(self.engine.dispose)
+        """Let the calls in flight end (for up to ``CLOSE_GRACE`` seconds, then cancel them),
+        close the pooled connections and stop the private loop (it restarts if used again)."""
+
+        async def close() -> None:
+            await self._loop.settle(self.CLOSE_GRACE)
+            await self.engine.dispose()
+
+        await self._loop.run(close)
         self._loop.stop()
         self._table_lock = None
+
+    def _forget_connections(self) -> None:
+        """In a forked child: drop the parent's pooled connections without closing them (they
+        are the parent's sockets) and what belonged to its loop."""
+        self.engine.sync_engine.dispose(close=False)
+        self._table_lock = None
+        self._background = set()
 
     def _record_columns(self) -> list[sa.Column[Any]]:
         return [self.table.c[name] for name in _RECORD_COLUMNS]
