@@ -13,6 +13,7 @@ import functools
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -41,6 +42,7 @@ from test_store_contract import TestUploadStoreContract as UploadStoreContract
 
 from flask_tus import FlaskTus, Upload
 from flask_tus.asgi import TusASGI
+from flask_tus.async_models import sql as sql_module
 from flask_tus.async_models.sql import DEFAULT_TABLE, SQLAlchemyModel, SQLStore, async_url
 from flask_tus.core import Headers, TusHandler, TusRequest, TusSettings
 from flask_tus.core.errors import UploadNotFound
@@ -613,6 +615,42 @@ def test_store_used_before_a_fork_works_in_the_child(store: SQLAlchemyModel) -> 
         os.waitpid(pid, 0)
     assert answer == b"\x00", "the child could not use the store"
     assert in_thread(lambda: store.get(upload.id)).offset == 1
+
+
+async def test_postgresql_sessions_never_wait_without_end(stores: Stores) -> None:
+    """A store made from a PostgreSQL URL bounds its waits on the server (row locks, sessions
+    idle in a transaction, statements, connecting); ``connect_args`` of its own replace them."""
+    store = stores.make("postgresql")
+
+    async def settings(conn: Any) -> list[str]:
+        names = ("lock_timeout", "idle_in_transaction_session_timeout")
+        return [(await conn.exec_driver_sql(f"SHOW {name}")).scalar_one() for name in names]
+
+    assert await store._run(settings) == ["30s", "1min"]
+
+    own = stores.make("postgresql", engine_options={"connect_args": {"timeout": 3}})
+    assert await own._run(settings) == ["0", "0"]
+
+
+async def test_silent_postgresql_server_fails_a_request_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that accepts connections and never answers makes a call fail after the
+    connect timeout, not hang (asyncpg alone would wait 60 s)."""
+    monkeypatch.setitem(sql_module.ASYNCPG_TIMEOUTS, "connect", 0.5)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        port = silent.getsockname()[1]
+        store = SQLAlchemyModel(f"postgresql://postgres@127.0.0.1:{port}/test")
+        try:
+            started = time.monotonic()
+            with pytest.raises((TimeoutError, OSError)):
+                async with asyncio.timeout(10):
+                    await store.get(new_id())
+            assert time.monotonic() - started < 5
+        finally:
+            await store.close()
 
 
 def test_sqlstore_is_the_same_class() -> None:

@@ -114,6 +114,12 @@ def async_url(url: str | URL) -> URL:
     return parsed
 
 
+#: Seconds the PostgreSQL (asyncpg) engine a URL makes waits at most: to connect, for one
+#: statement, for a row lock, and how long the server keeps a session idle in a transaction.
+#: ``engine_options={"connect_args": ...}`` replaces them.
+ASYNCPG_TIMEOUTS = {"connect": 10.0, "command": 60.0, "lock": 30.0, "idle": 60.0}
+
+
 def _engine_defaults(url: URL) -> dict[str, Any]:
     backend = url.get_backend_name()
     if backend == "sqlite":
@@ -123,7 +129,25 @@ def _engine_defaults(url: URL) -> dict[str, Any]:
         # in-memory database keeps SQLAlchemy's single static connection.)
         return {} if memory else {"pool_size": 1, "max_overflow": 0}
     # A server restart must not leave dead connections in the pool.
-    return {"pool_pre_ping": True}
+    defaults: dict[str, Any] = {"pool_pre_ping": True}
+    if url.get_driver_name() == "asyncpg":
+        # Nothing waits on the database without end. A server that accepts connections but
+        # never answers fails a request within ASYNCPG_TIMEOUTS["connect"] seconds (asyncpg's
+        # own default is 60), a statement within "command". A row lock held by a stuck
+        # transaction fails a request within "lock_timeout" instead of queueing every request
+        # for that upload (and the pool's connections) behind it, and a session of ours left
+        # idle in a transaction (its host cut off mid-request) is ended by the server, its row
+        # locks with it, after "idle_in_transaction_session_timeout".
+        timeouts = ASYNCPG_TIMEOUTS
+        defaults["connect_args"] = {
+            "timeout": timeouts["connect"],
+            "command_timeout": timeouts["command"],
+            "server_settings": {
+                "lock_timeout": str(int(timeouts["lock"] * 1000)),
+                "idle_in_transaction_session_timeout": str(int(timeouts["idle"] * 1000)),
+            },
+        }
+    return defaults
 
 
 class SQLAlchemyModel:
