@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -773,6 +774,17 @@ async def stop_requests_seen(holder: LockHandle, waiting: asyncio.Future[Any]) -
     return seen
 
 
+async def unasked_wait_is_refused(holder: LockHandle, waiter: Locker, upload_id: str) -> None:
+    """While ``holder`` holds ``upload_id``, ``waiter`` waits with ``take_over=False``: it raises
+    ``UploadLocked`` after its wait time, and the holder never sees a request to stop."""
+    waiting = asyncio.ensure_future(waiter.lock(upload_id, take_over=False).__aenter__())
+    seen = await stop_requests_seen(holder, waiting)
+    with pytest.raises(UploadLocked):
+        await waiting
+    assert seen
+    assert not any(seen)
+
+
 async def test_waiter_that_does_not_take_over_never_asks(tmp_path: Path, one_file: bool) -> None:
     """With ``take_over=False`` a waiter only waits: the holder sees no request to stop during
     the whole wait, the waiter raises ``UploadLocked`` after its wait time and leaves no
@@ -780,17 +792,42 @@ async def test_waiter_that_does_not_take_over_never_asks(tmp_path: Path, one_fil
     locker = FileLocker(tmp_path, timeout=0.3, interval=0.01, one_file=one_file)
     upload_id = new_id()
     async with locker.lock(upload_id) as holder:
-        waiting = asyncio.ensure_future(locker.lock(upload_id, take_over=False).__aenter__())
-        seen = await stop_requests_seen(holder, waiting)
-        with pytest.raises(UploadLocked):
-            await waiting
-        assert seen
-        assert not any(seen)
+        await unasked_wait_is_refused(holder, locker, upload_id)
         assert lock_files(locker) == ([] if one_file else [f"{upload_id}.lock"])
     async with locker.lock(upload_id) as next_holder:
         await asyncio.sleep(0.06)
         assert not next_holder.stop_requested()
     assert lock_files(locker) == []
+
+
+async def holder_then_unasked_waiter(
+    holding_locker: Locker, waiting_locker: Locker, upload_id: str, *, looks: int
+) -> list[bool]:
+    """A holder (through ``holding_locker``) looks ``looks`` times at ``stop_requested`` every
+    10 ms, then lets go of its own accord; meanwhile a waiter (through ``waiting_locker``, with
+    ``take_over=False``) waits. Checks that the waiter got the lock only after the holder let
+    go; returns the looks that saw a stop request (none expected)."""
+    holding = asyncio.Event()
+    seen: list[bool] = []
+    order: list[str] = []
+
+    async def holder() -> None:
+        async with holding_locker.lock(upload_id) as handle:
+            holding.set()
+            for _ in range(looks):
+                seen.append(handle.stop_requested())
+                await asyncio.sleep(0.01)
+            order.append("released")
+
+    async def waiter() -> None:
+        await holding.wait()
+        async with waiting_locker.lock(upload_id, take_over=False):
+            order.append("acquired")
+
+    await asyncio.wait_for(asyncio.gather(holder(), waiter()), 10)
+    assert order == ["released", "acquired"]
+    assert len(seen) == looks
+    return [look for look in seen if look]
 
 
 async def test_waiter_that_does_not_take_over_gets_a_released_lock(
@@ -799,27 +836,8 @@ async def test_waiter_that_does_not_take_over_gets_a_released_lock(
     """A waiter with ``take_over=False`` is not refused at once: it gets the lock once the
     holder lets go of its own accord, unasked, before the wait ends."""
     locker = FileLocker(tmp_path, timeout=30, interval=0.01, one_file=one_file)
-    upload_id = new_id()
-    holding = asyncio.Event()
-    seen: list[bool] = []
-    order: list[str] = []
-
-    async def holder() -> None:
-        async with locker.lock(upload_id) as handle:
-            holding.set()
-            for _ in range(15):  # three looks at the stop request (one every 50 ms at most)
-                seen.append(handle.stop_requested())
-                await asyncio.sleep(0.01)
-            order.append("released")
-
-    async def waiter() -> None:
-        await holding.wait()
-        async with locker.lock(upload_id, take_over=False):
-            order.append("acquired")
-
-    await asyncio.wait_for(asyncio.gather(holder(), waiter()), 10)
-    assert order == ["released", "acquired"]
-    assert not any(seen)
+    # Three looks at the stop request (one every 50 ms at most).
+    assert await holder_then_unasked_waiter(locker, locker, new_id(), looks=15) == []
     assert lock_files(locker) == []
 
 
@@ -862,12 +880,7 @@ async def test_lease_waiter_that_does_not_take_over_never_asks() -> None:
     host_a = LeaseLocker(leases, ttl=30, poll=0.01)
     host_b = LeaseLocker(leases, ttl=30, timeout=0.2, interval=0.01)
     async with host_a.lock(upload_id) as holder:
-        waiting = asyncio.ensure_future(host_b.lock(upload_id, take_over=False).__aenter__())
-        seen = await stop_requests_seen(holder, waiting)
-        with pytest.raises(UploadLocked):
-            await waiting
-        assert seen
-        assert not any(seen)
+        await unasked_wait_is_refused(holder, host_b, upload_id)
         assert leases.requests == 0
 
         waiting = asyncio.ensure_future(host_b.lock(upload_id).__aenter__())
@@ -885,26 +898,8 @@ async def test_lease_waiter_that_does_not_take_over_gets_a_released_lease() -> N
     upload_id = new_id()
     host_a = LeaseLocker(leases, ttl=30, poll=0.01)
     host_b = LeaseLocker(leases, ttl=30, timeout=30, interval=0.01)
-    holding = asyncio.Event()
-    seen: list[bool] = []
-    order: list[str] = []
-
-    async def holder() -> None:
-        async with host_a.lock(upload_id) as handle:
-            holding.set()
-            for _ in range(10):  # the holder looks for release requests every 10 ms
-                seen.append(handle.stop_requested())
-                await asyncio.sleep(0.01)
-            order.append("released")
-
-    async def waiter() -> None:
-        await holding.wait()
-        async with host_b.lock(upload_id, take_over=False):
-            order.append("acquired")
-
-    await asyncio.wait_for(asyncio.gather(holder(), waiter()), 10)
-    assert order == ["released", "acquired"]
-    assert not any(seen)
+    # The holder looks for release requests every 10 ms.
+    assert await holder_then_unasked_waiter(host_a, host_b, upload_id, looks=10) == []
     assert leases.requests == 0
     assert leases.holders == {}
 
@@ -919,12 +914,7 @@ async def test_lease_locker_passes_take_over_to_its_local_lock(
     local = FileLocker(tmp_path, timeout=0.3, interval=0.01, one_file=one_file)
     locker = LeaseLocker(leases, local=local, ttl=30, timeout=0.3, poll=0.01)
     async with locker.lock(upload_id) as holder:
-        waiting = asyncio.ensure_future(locker.lock(upload_id, take_over=False).__aenter__())
-        seen = await stop_requests_seen(holder, waiting)
-        with pytest.raises(UploadLocked):
-            await waiting
-        assert seen
-        assert not any(seen)
+        await unasked_wait_is_refused(holder, locker, upload_id)
 
         waiting = asyncio.ensure_future(locker.lock(upload_id).__aenter__())
         seen = await stop_requests_seen(holder, waiting)
@@ -1134,3 +1124,37 @@ async def test_local_writer_starts_writeback_as_bytes_arrive(
         # 16 and 28; its last piece goes to disk with the final flush, which syncs instead.
         assert advised == [(start, 0, os.POSIX_FADV_DONTNEED) for start in expected]
         assert len(synced) == (2 if fsync_on else 0)
+
+
+def works_in_a_forked_child(store: UploadStore, upload: Upload) -> None:
+    """Fork; in the child, read ``upload`` (already created) through ``store`` and commit offset
+    1, within 10 s. Fails unless the child could; then the parent reads the child's commit.
+
+    For stores that keep a client on a loop thread: the child inherits the objects, not the
+    thread (gunicorn ``--preload`` with an app that used its store at start).
+    """
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+
+            async def child() -> None:
+                async with asyncio.timeout(10):
+                    assert (await store.get(upload.id)).id == upload.id
+                    await store.commit(upload.copy(offset=1), expected_offset=0)
+
+            asyncio.run(child())
+            code = 0
+        finally:
+            os.write(write, bytes([code]))
+            os._exit(code)
+    os.close(write)
+    try:
+        answer = os.read(read, 1)
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert answer == b"\x00", "the child could not use the store"
+    with ThreadPoolExecutor(1) as pool:
+        assert pool.submit(asyncio.run, store.get(upload.id)).result().offset == 1

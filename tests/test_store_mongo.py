@@ -353,30 +353,7 @@ def test_store_used_before_a_fork_works_in_the_child(mongo: MongoModel) -> None:
     child's own (the parent's belongs to a loop thread the child does not have)."""
     upload = contract.plain_record()
     asyncio.run(mongo.create(upload))
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        code = 1
-        try:
-
-            async def child() -> None:
-                async with asyncio.timeout(10):
-                    assert (await mongo.get(upload.id)).id == upload.id
-                    await mongo.commit(upload.copy(offset=1), expected_offset=0)
-
-            asyncio.run(child())
-            code = 0
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(code)
-    os.close(write)
-    try:
-        answer = os.read(read, 1)
-    finally:
-        os.close(read)
-        os.waitpid(pid, 0)
-    assert answer == b"\x00", "the child could not use the store"
-    assert asyncio.run(mongo.get(upload.id)).offset == 1
+    contract.works_in_a_forked_child(mongo, upload)
 
 
 def test_from_flask_needs_a_database() -> None:

@@ -37,7 +37,13 @@ from flask_sqlalchemy import SQLAlchemy
 from servers import free_port
 from sqlalchemy.exc import StatementError
 from sqlalchemy.ext.asyncio import create_async_engine
-from test_store_contract import CREATED, PARIS, full_record, plain_record
+from test_store_contract import (
+    CREATED,
+    PARIS,
+    full_record,
+    plain_record,
+    works_in_a_forked_child,
+)
 from test_store_contract import TestUploadStoreContract as UploadStoreContract
 
 from flask_tus import FlaskTus, Upload
@@ -591,30 +597,7 @@ def test_store_used_before_a_fork_works_in_the_child(store: SQLAlchemyModel) -> 
     its store at start) serves the child on a loop and connections of the child's own, and
     the parent's keep working."""
     upload = in_thread(lambda: new_upload(store))
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        code = 1
-        try:
-
-            async def child() -> None:
-                async with asyncio.timeout(10):
-                    assert await store.get(upload.id) == upload
-                    await store.commit(upload.copy(offset=1), expected_offset=0)
-
-            asyncio.run(child())
-            code = 0
-        finally:
-            os.write(write, bytes([code]))
-            os._exit(code)
-    os.close(write)
-    try:
-        answer = os.read(read, 1)
-    finally:
-        os.close(read)
-        os.waitpid(pid, 0)
-    assert answer == b"\x00", "the child could not use the store"
-    assert in_thread(lambda: store.get(upload.id)).offset == 1
+    works_in_a_forked_child(store, upload)
 
 
 async def test_postgresql_sessions_never_wait_without_end(stores: Stores) -> None:

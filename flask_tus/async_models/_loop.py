@@ -15,7 +15,7 @@ import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -37,6 +37,9 @@ class LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._guard = threading.Lock()
         self._on_fork = on_fork
+        # The calls in flight (their tasks on the owned loop; touched only there). Not every
+        # task of the loop: a client's own background tasks (PyMongo's monitors) never end.
+        self._calls: set[asyncio.Future[Any]] = set()
         _ALL.add(self)
 
     def _forked(self) -> None:
@@ -44,6 +47,7 @@ class LoopThread:
         # another of its threads at the fork.
         self._guard = threading.Lock()
         self._loop = None
+        self._calls = set()
         if self._on_fork is not None:
             self._on_fork()
 
@@ -75,18 +79,26 @@ class LoopThread:
             return await work()
 
         async def wrapper() -> T:
+            task = asyncio.current_task()
+            assert task is not None
+            self.track(task)
             return await work()
 
         future = asyncio.run_coroutine_threadsafe(wrapper(), loop)
         return await asyncio.wrap_future(future)
 
-    @staticmethod
-    async def settle(grace: float) -> None:
-        """On the owned loop: wait up to ``grace`` seconds for every other task (calls in
-        flight) to end, then cancel those still running and wait for them to unwind (their
-        transactions roll back), so that stopping the loop strands no caller."""
+    def track(self, task: asyncio.Future[Any]) -> None:
+        """On the owned loop: count ``task`` among the calls in flight until it ends (work a
+        call started that outlives it, such as a transaction whose caller went away)."""
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    async def settle(self, grace: float) -> None:
+        """On the owned loop: wait up to ``grace`` seconds for the other calls in flight (made
+        through :meth:`run`) to end, then cancel those still running and wait for them to
+        unwind (their transactions roll back), so that stopping the loop strands no caller."""
         current = asyncio.current_task()
-        running = [task for task in asyncio.all_tasks() if task is not current]
+        running = [task for task in self._calls if task is not current]
         if not running:
             return
         _, late = await asyncio.wait(running, timeout=grace)

@@ -244,6 +244,8 @@ class SQLAlchemyModel:
 
         async def job() -> T:
             task = asyncio.ensure_future(transaction())
+            # It may outlive this job (a caller that went away): close() waits for it too.
+            self._loop.track(task)
             try:
                 return await asyncio.shield(task)
             except asyncio.CancelledError:
@@ -266,6 +268,7 @@ class SQLAlchemyModel:
             follow = asyncio.ensure_future(undo(task.result()))
             self._background.add(follow)
             follow.add_done_callback(self._background.discard)
+            self._loop.track(follow)
 
     async def _ensure_table(self) -> None:
         if self._table_ready:
