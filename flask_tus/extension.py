@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "TUS_LOCK_TIMEOUT": 0.5,
     "TUS_LEASE_TTL": 30.0,
     "TUS_FSYNC": True,
+    "TUS_MAX_METADATA_SIZE": 8192,
 }
 
 
@@ -115,6 +116,7 @@ class FlaskTus:
             cors_origins=_names(config["TUS_CORS_ORIGINS"]),
             trusted_proxies=parse_networks(config["TUS_TRUSTED_PROXIES"]),
             fsync=bool(config["TUS_FSYNC"]),
+            max_metadata_size=config["TUS_MAX_METADATA_SIZE"],
         )
         if settings.expiration is not None and not isinstance(settings.expiration, timedelta):
             raise TypeError("TUS_EXPIRATION must be a datetime.timedelta or None")

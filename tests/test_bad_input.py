@@ -293,6 +293,23 @@ CASES: dict[str, Bad] = {
     "metadata-three-parts": Bad(
         "POST", 400, {"Upload-Metadata": "a b c"}, target="collection", mentions="Metadata"
     ),
+    # Longer than TUS_MAX_METADATA_SIZE (8192 by default): 431. Well-formed, so only the
+    # length refuses it; HEAD would send it back to clients that may not read that much.
+    "metadata-too-long": Bad(
+        "POST",
+        431,
+        {"Upload-Metadata": "name " + _b64(b"x" * 6200)},
+        target="collection",
+        mentions="Upload-Metadata",
+    ),
+    "metadata-past-a-lower-limit": Bad(
+        "POST",
+        431,
+        {"Upload-Metadata": "name " + _b64(b"x" * 90)},
+        target="collection",
+        config={"TUS_MAX_METADATA_SIZE": 100},
+        mentions="100 bytes",
+    ),
     "metadata-double-space": Bad(
         "POST", 400, {"Upload-Metadata": "name  YQ=="}, target="collection", mentions="Metadata"
     ),

@@ -389,6 +389,45 @@ def test_checksum_algorithms_setting_forms(
     assert ("checksum" in options.headers["Tus-Extension"].split(",")) == bool(expected)
 
 
+@pytest.mark.parametrize(
+    ("setting", "length", "status"),
+    [
+        pytest.param(None, 8192, 201, id="default-at-the-limit"),
+        pytest.param(None, 8193, 431, id="default-past-the-limit"),
+        pytest.param(16, 16, 201, id="set-at-the-limit"),
+        pytest.param(16, 17, 431, id="set-past-the-limit"),
+        pytest.param("none", 100_000, 201, id="no-limit"),
+    ],
+)
+def test_max_metadata_size(
+    make_app: Any, upload_dir: Path, setting: Any, length: int, status: int
+) -> None:
+    """``TUS_MAX_METADATA_SIZE`` (8192 by default, ``None`` for none) bounds the
+    ``Upload-Metadata`` a creation may send; past it: 431 and nothing created."""
+    config = (
+        {} if setting is None else {"TUS_MAX_METADATA_SIZE": None if setting == "none" else setting}
+    )
+    client = make_app(**config)[0].test_client()
+    quads = (length - 2) // 4  # a base64 value of 4 * quads characters, the key fills the rest
+    value = "k" * (length - 1 - 4 * quads) + " " + "AAAA" * quads
+    assert len(value) == length
+    response = client.post(
+        "/files/", headers={**TUS, "Upload-Length": "1", "Upload-Metadata": value}
+    )
+    assert response.status_code == status, response.data
+    if status == 201:
+        head = client.head(response.headers["Location"], headers=TUS)
+        assert head.headers["Upload-Metadata"] == value
+    else:
+        assert list(upload_dir.iterdir()) in ([], [upload_dir / ".tus-locks"])
+
+
+def test_negative_max_metadata_size_is_refused(make_app: Any) -> None:
+    """A negative ``TUS_MAX_METADATA_SIZE`` is a configuration error at ``init_app``."""
+    with pytest.raises(ValueError, match="max_metadata_size"):
+        make_app(TUS_MAX_METADATA_SIZE=-1)
+
+
 def test_unknown_checksum_algorithm_is_refused_by_name(make_app: Any) -> None:
     """An algorithm the server cannot compute is refused at ``init_app``, by its name."""
     with pytest.raises(ValueError, match="sha3"):

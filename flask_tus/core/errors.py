@@ -106,6 +106,14 @@ class UnsupportedMediaType(TusError):
     default_message = "Content-Type must be application/offset+octet-stream"
 
 
+class HeaderTooLarge(TusError):
+    """A request header longer than the server keeps (431)."""
+
+    status = 431
+    code = "header_too_large"
+    default_message = "a request header is too large"
+
+
 class RangeNotSatisfiable(TusError):
     """A ``Range`` outside the stored bytes (416)."""
 

@@ -202,6 +202,10 @@ class TusHandler:
         length = parse_uint("Upload-Length", headers.get("upload-length"))
         deferred = parse_defer_length(headers.get("upload-defer-length"))
         metadata_header = headers.get("upload-metadata")
+        limit = self.settings.max_metadata_size
+        # Header values reach the core as latin-1 text: one character per byte.
+        if metadata_header is not None and limit is not None and len(metadata_header) > limit:
+            raise errors.HeaderTooLarge(f"Upload-Metadata is longer than {limit} bytes")
         parse_metadata(metadata_header)  # validate now; the raw value is what HEAD returns
         if request.has_body and _media_type(headers) != OCTET_STREAM:
             raise errors.UnsupportedMediaType()

@@ -21,7 +21,10 @@ class TusSettings:
     read in. ``checksum_algorithms``: what ``Upload-Checksum`` may name. ``cors_origins``:
     ``("*",)`` for any origin, a tuple of exact origins, or ``()`` for no CORS headers.
     ``trusted_proxies``: networks whose ``X-Forwarded-*`` headers make ``Location`` absolute.
-    ``fsync``: make bytes durable before their offset is committed.
+    ``fsync``: make bytes durable before their offset is committed. ``max_metadata_size``:
+    longest ``Upload-Metadata`` a creation may send, in bytes (``None`` for no limit): every
+    ``HEAD`` sends it back, and a client whose HTTP parser refuses a header that long (Node's,
+    under tus-js-client, allows 16 KiB for all of them) could never resume the upload.
     """
 
     max_size: int | None = 2**32
@@ -32,6 +35,7 @@ class TusSettings:
     cors_origins: tuple[str, ...] = ("*",)
     trusted_proxies: tuple[IPNetwork, ...] = ()
     fsync: bool = True
+    max_metadata_size: int | None = 8192
 
     def __post_init__(self) -> None:
         unknown = set(self.checksum_algorithms) - set(ALGORITHMS)
@@ -41,6 +45,8 @@ class TusSettings:
             raise ValueError("chunk_size must be positive")
         if self.max_size is not None and self.max_size < 0:
             raise ValueError("max_size must not be negative")
+        if self.max_metadata_size is not None and self.max_metadata_size < 0:
+            raise ValueError("max_metadata_size must not be negative")
 
 
 def parse_networks(values: str | list[str] | tuple[str, ...] | None) -> tuple[IPNetwork, ...]:
