@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any
 
 from .core.errors import ClientDisconnected
@@ -25,6 +25,9 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+#: Entered around each tus request with its scope: yields ``None`` to serve the request inside
+#: it, or a response to send instead (a refusal, before the body is read).
+Guard = Callable[[Scope], AbstractAsyncContextManager[TusResponse | None]]
 
 #: Methods whose requests may carry a tus body.
 _BODY_METHODS = ("POST", "PATCH")
@@ -34,8 +37,9 @@ class TusASGI:
     """An ASGI application serving ``collection_path`` (and ``collection_path + <id>``) with
     ``handler``, and everything else with ``fallback`` (a plain 404 when there is none).
 
-    ``context`` is entered around each tus request (the Flask extension passes the app
-    context, so hooks can use ``current_app``).
+    ``context`` is entered around each tus request. ``guard`` (see :data:`Guard`) may refuse
+    one before it is served; the Flask extension's runs the app's ``before_request``
+    functions, in the request context hooks then see.
     """
 
     def __init__(
@@ -45,11 +49,13 @@ class TusASGI:
         fallback: ASGIApp | None = None,
         *,
         context: Callable[[], AbstractContextManager[object]] | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self.handler = handler
         self.collection_path = normalise_collection(collection_path)
         self.fallback = fallback
         self.context = context or contextlib.nullcontext
+        self.guard = guard
 
     def match(self, path: str) -> tuple[bool, str | None]:
         """``(True, None)`` for the collection, ``(True, id)`` for an upload URL (the id is
@@ -114,8 +120,13 @@ class TusASGI:
             remote_addr=client[0] if client else None,
             streamed=streamed,
         )
-        with self.context():
-            response = await self.handler.handle(request)
+        guarded = self.guard(scope) if self.guard else contextlib.nullcontext()
+        async with guarded as refusal:
+            if refusal is not None:
+                response = refusal
+            else:
+                with self.context():
+                    response = await self.handler.handle(request)
         if request.has_body and not body.done:
             # A refused request leaves its body unread. Receive the rest before answering: most
             # clients send all of it before they read the answer, hypercorn does not finish a

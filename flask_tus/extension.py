@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, current_app, has_app_context
 
+from .asgi import Guard
 from .async_models.json_store import JsonFileStore
 from .core.checksum import ALGORITHMS
 from .core.handler import TusHandler
 from .core.hooks import HOOK_NAMES, HookEvent, Hooks
 from .core.lease import LeaseLocker
-from .core.messages import collection_path
+from .core.messages import TusResponse, collection_path
 from .core.protocols import DataStorage, LeaseStore, Locker, UploadStore
 from .core.settings import TusSettings, parse_networks
 from .core.upload import Upload
@@ -205,7 +210,7 @@ class FlaskTus:
                 await wsgi(scope, receive, send)
 
         return TusASGI(
-            state.handler, state.collection_path, fallback, context=flask_app.app_context
+            state.handler, state.collection_path, fallback, guard=_before_request_guard(flask_app)
         )
 
     def hook(self, name: str) -> Callable[[F], F]:
@@ -261,3 +266,84 @@ def _names(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(item.strip() for item in value.split(",") if item.strip())
     return tuple(value)
+
+
+def _before_request_guard(app: Flask) -> Guard:
+    """The ASGI adapter's guard for ``app``: Flask's ``before_request`` functions (the app's and
+    the tus blueprint's) run for tus requests as they do under a WSGI server, so the same
+    authentication refuses them (its response is sent as Flask makes it) or sets ``g`` for the
+    hooks, which then run in that request context.
+
+    They run in a worker thread (they may block, or be ``async def``, which Flask runs with
+    asgiref) before the body is read: the body is the upload's, not theirs to read. Without
+    such functions only the app context is pushed, as before. ``after_request`` functions do
+    not run for tus requests served by the ASGI adapter.
+    """
+
+    @asynccontextmanager
+    async def guard(scope: Mapping[str, Any]) -> AsyncIterator[TusResponse | None]:
+        funcs = app.before_request_funcs
+        if not (funcs.get(None) or funcs.get("tus")):
+            with app.app_context():
+                yield None
+            return
+        context = app.request_context(_environ_of(scope))
+        context.push()
+        try:
+            # to_thread copies the context: the functions see this request (and set its g).
+            yield await asyncio.to_thread(_preprocess, app)
+        finally:
+            context.pop()
+
+    return guard
+
+
+def _preprocess(app: Flask) -> TusResponse | None:
+    """Run the request's ``before_request`` functions; the response one of them made (or an
+    error became), finalised as Flask does, or ``None`` to go on."""
+    try:
+        try:
+            refusal = app.preprocess_request()
+        except Exception as exc:  # abort(401) and the like, through the app's error handlers
+            refusal = app.handle_user_exception(exc)
+        if refusal is None:
+            return None
+        response = app.finalize_request(refusal)
+    except Exception as exc:
+        response = app.handle_exception(exc)
+    return TusResponse(response.status_code, dict(response.headers), response.get_data())
+
+
+def _environ_of(scope: Mapping[str, Any]) -> dict[str, Any]:
+    """A WSGI environ for an ASGI HTTP scope, without its body (PEP 3333 names)."""
+    root = scope.get("root_path", "")
+    path: str = scope["path"]
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    server = scope.get("server") or ("localhost", 80)
+    client = scope.get("client")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope["method"],
+        "SCRIPT_NAME": root.encode().decode("latin-1"),
+        "PATH_INFO": path.encode().decode("latin-1"),
+        "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
+        "SERVER_NAME": server[0],
+        "SERVER_PORT": str(server[1] or 80),
+        "SERVER_PROTOCOL": f"HTTP/{scope.get('http_version', '1.1')}",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+        "wsgi.input": io.BytesIO(),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    if client:
+        environ["REMOTE_ADDR"] = client[0]
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.decode("latin-1").upper().replace("-", "_")
+        if name not in ("CONTENT_LENGTH", "CONTENT_TYPE"):
+            name = "HTTP_" + name
+        value = raw_value.decode("latin-1")
+        environ[name] = f"{environ[name]},{value}" if name in environ else value
+    return environ

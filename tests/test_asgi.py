@@ -14,7 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from flask import Flask, current_app
+from asgi_client import AsgiTestClient
+from flask import Flask, abort, current_app, g, request
 from servers import Server
 
 from flask_tus import FlaskTus, HookEvent
@@ -269,3 +270,70 @@ def test_http2_creation_with_upload(hypercorn: Server, kind: str) -> None:
     assert head.headers["Upload-Offset"] == str(len(data))
     upload_id = created.headers["Location"].rsplit("/", 1)[-1]
     assert (hypercorn.upload_dir / upload_id).read_bytes() == data
+
+
+def guarded_app(upload_dir: Path) -> tuple[Flask, FlaskTus]:
+    """An app whose ``before_request`` lets only ``Authorization: Bearer ok`` through (401
+    otherwise, ``abort(403)`` for ``Bearer no``) and records the user in ``g``; its hooks note
+    which user created what."""
+    app = Flask(__name__)
+    app.config["TUS_UPLOAD_DIR"] = str(upload_dir)
+    tus = FlaskTus(app)
+    created_by: list[str] = []
+    app.config["created_by"] = created_by
+
+    def authenticate() -> Any:
+        auth = request.headers.get("Authorization", "")
+        if auth == "Bearer no":
+            abort(403)
+        if auth != "Bearer ok":
+            return "who are you?\n", 401
+        g.user = "alice"
+        return None
+
+    app.before_request(authenticate)
+
+    @tus.hooks.on_create
+    def note(event: HookEvent) -> None:
+        created_by.append(g.user)
+
+    return app, tus
+
+
+@pytest.mark.parametrize("path", ["wsgi", "asgi"])
+def test_before_request_guards_tus_requests_on_both_paths(upload_dir: Path, path: str) -> None:
+    """The app's ``before_request`` runs for tus requests under the ASGI app as under a WSGI
+    server: it refuses them before anything is read or stored, and what it puts in ``g``
+    reaches the hooks."""
+    app, tus = guarded_app(upload_dir)
+    client: Any = app.test_client() if path == "wsgi" else AsgiTestClient(tus.asgi_app(app))
+    ok = {**TUS, "Authorization": "Bearer ok"}
+    try:
+        created = client.post("/files/", headers={**ok, "Upload-Length": "5"})
+        assert created.status_code == 201
+        url = created.headers["Location"]
+        assert client.patch(url, data=b"ab", headers={**ok, **patch(0)}).status_code == 204
+        before = {p.name: p.read_bytes() for p in upload_dir.iterdir()}
+
+        refused = [
+            client.post("/files/", headers={**TUS, "Upload-Length": "5"}),
+            client.patch(url, data=b"cde", headers={**TUS, **patch(2)}),
+            client.head(url, headers=TUS),
+            client.get(url),
+            client.delete(url, headers=TUS),
+            client.patch(
+                url, data=b"cde", headers={**TUS, **patch(2), "Authorization": "Bearer no"}
+            ),
+        ]
+        assert [r.status_code for r in refused] == [401, 401, 401, 401, 401, 403]
+        assert refused[0].data == b"who are you?\n"
+        assert {p.name: p.read_bytes() for p in upload_dir.iterdir()} == before
+        assert app.config["created_by"] == ["alice"]
+        assert client.head(url, headers=ok).headers["Upload-Offset"] == "2"
+    finally:
+        if isinstance(client, AsgiTestClient):
+            client.close()
+
+
+def patch(offset: int) -> dict[str, str]:
+    return {"Upload-Offset": str(offset), "Content-Type": OCTET}
