@@ -18,12 +18,18 @@ tus_cli = AppGroup("tus", help="Maintain tus uploads.")
 def delete_expired(dry_run: bool) -> None:
     """Delete expired uploads (data and record together) and report orphans."""
     handler = current_app.extensions["tus"].handler
-    report = asyncio.run(sweep(handler, dry_run=dry_run))
+    try:
+        report = asyncio.run(sweep(handler, dry_run=dry_run))
+    except Exception as exc:
+        # The store or the upload directory cannot be read at all: one line, exit status 1.
+        raise click.ClickException(f"cleanup failed: {exc!r}") from exc
     verb = "would delete" if dry_run else "deleted"
     for upload_id in report.expired:
         click.echo(f"{verb} expired upload {upload_id}")
     for upload_id in report.busy:
         click.echo(f"skipped expired upload {upload_id}: in use")
+    for upload_id in report.failed:
+        click.echo(f"could not delete expired upload {upload_id} (see the log)", err=True)
     for upload_id in report.orphan_data:
         click.echo(f"orphan data without a record: {upload_id}")
     for upload_id in report.orphan_records:
@@ -31,7 +37,10 @@ def delete_expired(dry_run: bool) -> None:
     click.echo(
         f"{verb} {len(report.expired)} expired, skipped {len(report.busy)} in use, "
         f"{len(report.orphan_data)} orphan data, {len(report.orphan_records)} orphan records"
+        + (f", {len(report.failed)} failed" if report.failed else "")
     )
+    if report.failed:
+        raise SystemExit(1)
 
 
 # The seed's spelling, kept for existing cron jobs.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import io
 import os
 import sys
@@ -203,11 +204,21 @@ class FlaskTus:
         state = self.state(flask_app)
         wsgi = WsgiToAsgi(flask_app)  # type: ignore[no-untyped-call]
 
-        async def fallback(scope: Scope, receive: Receive, send: Send) -> None:
+        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
             # Without a context of its own each request would share one thread with all
             # others: asgiref serialises sync code per context.
             async with ThreadSensitiveContext():
                 await wsgi(scope, receive, send)
+
+        async def fallback(scope: Scope, receive: Receive, send: Send) -> None:
+            # In a fresh contextvars context: uvicorn runs a kept-alive connection's requests
+            # in copies of one context, and asgiref's executor state left in it by the
+            # previous request broke the next one ("CurrentThreadExecutor already quit or is
+            # broken": 17 of 150 async views answered 500 on one connection).
+            task = asyncio.get_running_loop().create_task(
+                serve(scope, receive, send), context=contextvars.Context()
+            )
+            await task
 
         return TusASGI(
             state.handler, state.collection_path, fallback, guard=_before_request_guard(flask_app)
@@ -238,23 +249,25 @@ class FlaskTus:
         return digest
 
     # ------------------------------------------------------------------ overridable callbacks
+    # The event is optional: the seed's callbacks took none, so its overrides call
+    # ``super().on_complete()`` without one.
 
-    def on_create(self, event: HookEvent) -> Any:
+    def on_create(self, event: HookEvent | None = None) -> Any:
         """Called before an upload is created; raise ``HookRejected`` to refuse it."""
 
-    def pre_save(self, event: HookEvent) -> Any:
+    def pre_save(self, event: HookEvent | None = None) -> Any:
         """Called before a chunk is written; raise ``HookRejected`` to refuse it."""
 
-    def post_save(self, event: HookEvent) -> Any:
+    def post_save(self, event: HookEvent | None = None) -> Any:
         """Called after a chunk's offset is committed."""
 
-    def on_complete(self, event: HookEvent) -> Any:
+    def on_complete(self, event: HookEvent | None = None) -> Any:
         """Called once, when an upload has all its bytes."""
 
-    def pre_delete(self, event: HookEvent) -> Any:
+    def pre_delete(self, event: HookEvent | None = None) -> Any:
         """Called before an upload is terminated; raise ``HookRejected`` to refuse it."""
 
-    def post_delete(self, event: HookEvent) -> Any:
+    def post_delete(self, event: HookEvent | None = None) -> Any:
         """Called after an upload's data and record are removed."""
 
 
@@ -275,23 +288,23 @@ def _before_request_guard(app: Flask) -> Guard:
     hooks, which then run in that request context.
 
     They run in a worker thread (they may block, or be ``async def``, which Flask runs with
-    asgiref) before the body is read: the body is the upload's, not theirs to read. Without
-    such functions only the app context is pushed, as before. ``after_request`` functions do
-    not run for tus requests served by the ASGI adapter.
+    asgiref) before the body is read: the body is the upload's, not theirs to read. The hooks
+    see the request context as under a WSGI server (``request``, ``g``, ``url_for``), but
+    ``after_request`` functions do not run for tus requests served by the ASGI adapter, so a
+    change to the ``session`` there is not saved.
     """
 
     @asynccontextmanager
     async def guard(scope: Mapping[str, Any]) -> AsyncIterator[TusResponse | None]:
-        funcs = app.before_request_funcs
-        if not (funcs.get(None) or funcs.get("tus")):
-            with app.app_context():
-                yield None
-            return
         context = app.request_context(_environ_of(scope))
         context.push()
         try:
-            # to_thread copies the context: the functions see this request (and set its g).
-            yield await asyncio.to_thread(_preprocess, app)
+            funcs = app.before_request_funcs
+            if funcs.get(None) or funcs.get("tus"):
+                # to_thread copies the context: the functions see this request (and set its g).
+                yield await asyncio.to_thread(_preprocess, app)
+            else:
+                yield None
         finally:
             context.pop()
 

@@ -471,3 +471,48 @@ def test_group_help_lists_the_command(cli_app: Flask) -> None:
     result = cli_app.test_cli_runner().invoke(args=["tus", "--help"])
     assert result.exit_code == 0
     assert "delete-expired" in result.output
+
+
+def test_one_failing_upload_does_not_stop_the_cleanup(
+    cli_app: Flask, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An expired upload that cannot be removed is reported (exit status 1, error logged), and
+    the cleanup goes on with the others."""
+    ids = [new_upload(cli_app, b"abc") for _ in range(3)]
+    for upload_id in ids:
+        expire(cli_app, upload_id)
+    storage = cli_app.extensions["tus"].handler.storage
+    real_delete = storage.delete
+
+    async def delete(upload_id: str) -> None:
+        if upload_id == ids[1]:
+            raise PermissionError(f"cannot remove {upload_id}")
+        await real_delete(upload_id)
+
+    monkeypatch.setattr(storage, "delete", delete)
+    result = cli_app.test_cli_runner().invoke(args=["tus", "delete-expired"])
+    assert result.exit_code == 1
+    assert f"could not delete expired upload {ids[1]}" in result.output
+    assert "deleted 2 expired" in result.output
+    assert "1 failed" in result.output
+    assert not (upload_dir / ids[0]).exists()
+    assert not (upload_dir / ids[2]).exists()
+    assert (upload_dir / ids[1]).exists()
+
+
+def test_unreadable_store_is_one_clear_line(
+    cli_app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the records cannot be listed at all, the command says so in one line and exits
+    with status 1, without a traceback."""
+    store = cli_app.extensions["tus"].handler.store
+
+    async def broken() -> Any:
+        raise OSError("the disk went away")
+        yield  # pragma: no cover - makes this an async generator
+
+    monkeypatch.setattr(store, "iter_uploads", broken)
+    result = cli_app.test_cli_runner().invoke(args=["tus", "delete-expired"])
+    assert result.exit_code == 1
+    assert "cleanup failed" in result.output and "the disk went away" in result.output
+    assert "Traceback" not in result.output

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from conftest import OCTET, TUS, create, metadata, patch_headers, stored_files
 from flask import Flask
 from flask.testing import FlaskClient
 
-from flask_tus import FlaskTus, HookEvent, HookRejected, RequestInfo, Upload
+from flask_tus import FlaskTus, HookEvent, HookRejected, RequestInfo, TusError, Upload
 
 HOOKS = ("on_create", "pre_save", "post_save", "on_complete", "pre_delete", "post_delete")
 
@@ -526,3 +529,102 @@ def test_hook_sees_the_app_it_runs_for(make_app: Any, tmp_path: Path) -> None:
     tus.hook("on_create")(lambda event: apps.append(current_app._get_current_object()))
     create(app.test_client())
     assert apps == [app]
+
+
+def test_seed_override_calling_super_without_the_event(make_app: Any) -> None:
+    """The seed's base callbacks took no argument, so its overrides call ``super()`` without
+    one: every base callback takes the event as optional."""
+    seen: list[str] = []
+
+    class Extended(FlaskTus):
+        def on_create(self) -> None:  # type: ignore[override]
+            super().on_create()
+            seen.append("on_create")
+
+        def on_complete(self) -> None:  # type: ignore[override]
+            super().on_complete()
+            seen.append("on_complete")
+
+    app, _ = make_app(extension=Extended)
+    client = app.test_client()
+    location = create(client, length=2)
+    assert client.patch(location, data=b"ok", headers=patch_headers(0)).status_code == 204
+    assert seen == ["on_create", "on_complete"]
+
+
+def test_event_headers_are_read_in_any_case(make_app: Any) -> None:
+    """``event.request.headers`` answers ``Authorization`` as well as ``authorization``."""
+    app, tus = make_app()
+    seen: list[Any] = []
+
+    @tus.hooks.on_create
+    def look(event: HookEvent) -> None:
+        headers = event.request.headers
+        seen.extend([headers["Authorization"], headers.get("AUTHORIZATION"), "X-Nope" in headers])
+
+    headers = {**TUS, "Upload-Length": "1", "Authorization": "Bearer t"}
+    assert app.test_client().post("/files/", headers=headers).status_code == 201
+    assert seen == ["Bearer t", "Bearer t", False]
+
+
+@pytest.mark.parametrize("status", [200, 302, 500])
+def test_pre_hook_tus_error_that_is_no_refusal_is_a_500(
+    make_app: Any, upload_dir: Path, status: int
+) -> None:
+    """A pre-hook raising a tus error whose status is not 4xx does not answer with it (no
+    redirect or success of a hook's choosing): 500, and nothing is created."""
+    app, tus = make_app()
+
+    class Odd(TusError):
+        pass
+
+    @tus.hooks.on_create
+    def odd(event: HookEvent) -> None:
+        error = Odd("elsewhere", headers={"Location": "https://evil.example/"})
+        error.status = status
+        raise error
+
+    before = stored_files(upload_dir)
+    response = app.test_client().post("/files/", headers={**TUS, "Upload-Length": "5"})
+    assert response.status_code == 500
+    assert "evil" not in response.headers.get("Location", "")
+    assert stored_files(upload_dir) == before
+
+
+def test_creation_whose_pre_save_fails_leaves_nothing(make_app: Any, upload_dir: Path) -> None:
+    """A creation-with-upload whose ``pre_save`` fails with an unexpected error answers 500
+    and leaves no data or record behind (no client could ever resume it)."""
+    app, tus = make_app()
+
+    @tus.hooks.pre_save
+    def broken(event: HookEvent) -> None:
+        raise RuntimeError("boom")
+
+    before = stored_files(upload_dir)
+    headers = {**TUS, "Upload-Length": "3", "Content-Type": OCTET}
+    response = app.test_client().post("/files/", data=b"abc", headers=headers)
+    assert response.status_code == 500
+    assert stored_files(upload_dir) == before
+
+
+async def test_blocking_plain_hook_does_not_hold_the_event_loop(upload_dir: Path) -> None:
+    """A plain ``def`` hook runs in a worker thread: while one blocks, the ASGI app goes on
+    serving other requests on its event loop (here: the request that unblocks the hook)."""
+    app = Flask(__name__)
+    app.config["TUS_UPLOAD_DIR"] = str(upload_dir)
+    tus = FlaskTus(app)
+    release = threading.Event()
+
+    @tus.hooks.on_create
+    def slow(event: HookEvent) -> None:
+        assert release.wait(10), "the event loop was held"
+
+    transport = httpx.ASGITransport(app=tus.asgi_app(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        creating = asyncio.create_task(
+            client.post("/files/", headers={**TUS, "Upload-Length": "1"})
+        )
+        options = await asyncio.wait_for(client.options("/files/"), 5)
+        assert options.status_code == 204
+        release.set()
+        assert (await asyncio.wait_for(creating, 10)).status_code == 201

@@ -39,7 +39,7 @@ from .headers import (
 )
 from .hooks import HookEvent, Hooks, RequestInfo
 from .ids import is_valid_id, new_id
-from .messages import TusRequest, TusResponse
+from .messages import Headers, TusRequest, TusResponse
 from .protocols import ConcatenatingStorage, DataStorage, Locker, LockHandle, UploadStore
 from .pump import BodyPump
 from .settings import TusSettings
@@ -268,9 +268,10 @@ class TusHandler:
                     upload, received = await self._write_chunk(
                         upload, request, held, 0, None, keep_cut_short=False
                     )
-            except errors.TusError:
-                # A refused first chunk (too long, checksum mismatch, pre_save rejection) gets
-                # no Location, so nobody could ever resume this upload: leave nothing behind.
+            except Exception:
+                # A refused or failed first chunk (too long, checksum mismatch, pre_save
+                # rejection or error) gets no Location, so nobody could ever resume this
+                # upload: leave nothing behind.
                 await self.remove(upload_id)
                 raise
             if received.cut_short:
@@ -643,7 +644,7 @@ class TusHandler:
         info = RequestInfo(
             method=request.method,
             path=request.collection_path + (request.upload_id or ""),
-            headers=dict(request.headers),
+            headers=Headers(request.headers),
             remote_addr=request.remote_addr,
         )
         return HookEvent(name, upload, info)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .errors import TusError
 from .upload import Upload
 
 log = logging.getLogger("flask_tus")
@@ -99,15 +102,31 @@ class Hooks:
     async def run(self, name: str, event: HookEvent) -> None:
         """Call every function of hook ``name``, awaiting coroutines.
 
-        For a pre-hook an exception propagates (a ``TusError`` refuses the request). For a
-        post-hook it is logged and swallowed: the change it reports is already committed.
+        A plain function runs in a worker thread (with the caller's context: Flask's
+        contexts stay visible), so one that blocks (a database, a mail server) holds up only
+        its own request, never the event loop the ASGI server shares between requests.
+
+        For a pre-hook an exception propagates: a ``TusError`` with a 4xx status refuses the
+        request with it, any other exception (or status) is an error of the server (500). For
+        a post-hook it is logged and swallowed: the change it reports is already committed.
         """
         for func, wants_event in self._funcs[name]:
+            call = functools.partial(func, event) if wants_event else func
             try:
-                result = func(event) if wants_event else func()
+                if inspect.iscoroutinefunction(func):
+                    result = call()
+                else:
+                    result = await asyncio.to_thread(call)
                 if inspect.isawaitable(result):
                     await result
-            except Exception:
-                if name in PRE_HOOKS:
-                    raise
-                log.exception("tus %s hook %r failed for upload %s", name, func, event.upload.id)
+            except Exception as exc:
+                if name not in PRE_HOOKS:
+                    log.exception(
+                        "tus %s hook %r failed for upload %s", name, func, event.upload.id
+                    )
+                    continue
+                if isinstance(exc, TusError) and not 400 <= exc.status <= 499:
+                    # Not a refusal: a hook must not answer with a redirect, a success or a 5xx
+                    # of its own choosing.
+                    raise RuntimeError(f"tus {name} hook raised {exc!r} ({exc.status})") from exc
+                raise

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from .errors import UploadLocked, UploadNotFound
 from .handler import TusHandler
 
+log = logging.getLogger("flask_tus")
+
 
 @dataclass
 class SweepReport:
     """Ids of expired uploads removed (or to remove, on a dry run), of expired uploads skipped
-    because a request holds them, and of orphans: data without a record and the reverse."""
+    because a request holds them, of uploads that could not be handled (the error is logged),
+    and of orphans: data without a record and the reverse."""
 
     expired: list[str] = field(default_factory=list)
     busy: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
     orphan_data: list[str] = field(default_factory=list)
     orphan_records: list[str] = field(default_factory=list)
 
@@ -52,6 +57,12 @@ async def sweep(handler: TusHandler, *, dry_run: bool = False) -> SweepReport:
             report.busy.append(upload.id)
             continue
         except UploadNotFound:
+            continue
+        except Exception:
+            # One upload that cannot be removed (a file it cannot delete, a record it cannot
+            # read) must not stop the cleanup of the others.
+            log.exception("tus cleanup could not remove expired upload %s", upload.id)
+            report.failed.append(upload.id)
             continue
         report.expired.append(upload.id)
     data_ids = {upload_id async for upload_id in handler.storage.iter_ids()}
