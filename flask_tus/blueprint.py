@@ -19,14 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 from flask import Blueprint, Response, current_app, request
+from flask.blueprints import BlueprintSetupState
 from werkzeug.exceptions import ClientDisconnected as WerkzeugClientDisconnected
+from werkzeug.routing import Rule
 
 from .core.errors import ClientDisconnected
 from .core.messages import Headers, TusRequest, TusResponse
 
 T = TypeVar("T")
 
-_METHODS = ["OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"]
 #: The most of a refused request's body read away to keep its connection usable.
 _DRAIN_LIMIT = 8 * 2**20
 #: Worker threads shared by every request's loop (blocking body reads, file and record I/O).
@@ -197,23 +198,26 @@ def _sync_view(view: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
 def make_blueprint(collection_path: str) -> Blueprint:
     """Routes for ``collection_path`` (with and without its trailing slash, no redirect) and
-    ``collection_path + <upload_id>``, served by :func:`tus_view`."""
+    ``collection_path + <upload_id>``, served by :func:`tus_view` whatever the method.
+
+    The routes match every method so that the core answers the ones tus does not serve (405
+    with the URL's ``Allow`` and ``Tus-Resumable``, which every tus response carries) as the
+    ASGI adapter does; Flask's own 405 says neither and lists methods the URL refuses. Flask
+    gives a route a method list, so the rules are werkzeug's, without one. Nor does Flask
+    answer OPTIONS for them: tus needs its own OPTIONS response.
+    """
     blueprint = Blueprint("tus", __name__)
     view = _sync_view(tus_view)
-    # Flask answers OPTIONS itself unless told not to; tus needs its own OPTIONS response.
-    blueprint.add_url_rule(
-        collection_path,
-        "collection",
-        view,
-        methods=_METHODS,
-        strict_slashes=False,
-        provide_automatic_options=False,
+    routes: tuple[tuple[str, str, dict[str, Any]], ...] = (
+        (collection_path, "collection", {"strict_slashes": False}),
+        (collection_path + "<upload_id>", "upload", {}),
     )
-    blueprint.add_url_rule(
-        collection_path + "<upload_id>",
-        "upload",
-        view,
-        methods=_METHODS,
-        provide_automatic_options=False,
-    )
+
+    def add_routes(state: BlueprintSetupState) -> None:
+        for path, name, options in routes:
+            endpoint = f"{state.name}.{name}"
+            state.app.url_map.add(Rule(path, endpoint=endpoint, methods=None, **options))
+            state.app.view_functions[endpoint] = view
+
+    blueprint.record_once(add_routes)
     return blueprint

@@ -508,6 +508,23 @@ CASES: dict[str, Bad] = {
         target="collection",
         content_length=str(len(BODY) + 3),
     ),
+    # ---------------------------------------------------------------- methods tus does not serve
+    # Answered by the tus handler on both paths: 405 with the URL's methods in Allow and
+    # Tus-Resumable (a framework's own 405 page would say neither).
+    **{
+        f"method-{method.lower()}-on-{target}": Bad(
+            method,
+            405,
+            body=b"x" if method == "PUT" else b"",
+            target=target,
+            expect_headers={"Allow": allow},
+        )
+        for method in ("PUT", "TRACE", "PROPFIND", "BREW")
+        for target, allow in (
+            ("upload", "HEAD, PATCH, DELETE, GET, OPTIONS"),
+            ("collection", "POST, OPTIONS"),
+        )
+    },
     # ---------------------------------------------------------------- method override
     # Garbage in X-HTTP-Method-Override is ignored: a POST stays a POST, which an upload URL
     # does not serve, so the PATCH headers and body that come with it are never applied.
