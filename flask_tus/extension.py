@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import Flask, current_app, has_app_context
@@ -141,10 +142,22 @@ class FlaskTus:
             locker = LeaseLocker(
                 store, local=locker, ttl=float(config["TUS_LEASE_TTL"]), timeout=timeout
             )
+        # The JSON store syncs the directory after each new record, which the data file
+        # beside it was created in just before: the storage need not sync it too.
+        records_beside = (
+            isinstance(store, JsonFileStore)
+            and store.fsync
+            and store.directory.resolve() == Path(upload_dir).resolve()
+        )
         handler = TusHandler(
             store=store,
             storage=self.storage
-            or LocalStorage(upload_dir, chunk_size=chunk_size, fsync=settings.fsync),
+            or LocalStorage(
+                upload_dir,
+                chunk_size=chunk_size,
+                fsync=settings.fsync,
+                sync_created=not records_beside,
+            ),
             locker=locker,
             hooks=self.hooks,
             settings=settings,

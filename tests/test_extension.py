@@ -517,6 +517,44 @@ def test_default_model_is_the_json_store(make_app: Any) -> None:
     assert isinstance(store, UploadStore)
 
 
+@pytest.mark.parametrize(
+    ("records", "fsync", "syncs"),
+    [
+        ("beside", True, False),  # the JSON store's directory sync covers the data's name
+        ("beside", False, True),  # a JSON store that does not sync
+        ("elsewhere", True, True),  # records in another directory
+        ("other-store", True, True),  # a store that syncs no directory
+    ],
+)
+def test_data_file_names_are_synced_unless_the_records_beside_them_are(
+    tmp_path: Path, upload_dir: Path, records: str, fsync: bool, syncs: bool
+) -> None:
+    """With ``TUS_FSYNC``, a new data file's name is made durable before the creation is
+    answered: by the JSON store syncing the directory for the record beside it, else by the
+    storage syncing it itself."""
+    app = new_app(upload_dir)
+    store: Any = None
+    if records == "beside":
+        store = JsonFileStore(upload_dir, fsync=fsync)
+    elif records == "elsewhere":
+        store = JsonFileStore(tmp_path / "records")
+    else:
+        store = PlainStore(JsonFileStore(tmp_path / "records"))
+    FlaskTus(app, model=store)
+    storage = app.extensions["tus"].handler.storage
+    assert isinstance(storage, LocalStorage)
+    assert storage.fsync
+    assert storage.sync_created is syncs
+
+
+class PlainStore:
+    """An ``UploadStore`` that is not a ``JsonFileStore``: every call goes to ``inner``."""
+
+    def __init__(self, inner: JsonFileStore) -> None:
+        self.create, self.get, self.commit = inner.create, inner.get, inner.commit
+        self.delete, self.iter_uploads = inner.delete, inner.iter_uploads
+
+
 # ---------------------------------------------------------------------- md5
 
 

@@ -380,6 +380,32 @@ def _commit_behind_a_held_lock(
     return outcome[0]
 
 
+async def test_json_delete_syncs_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With fsync on, a deleted record's removal is made durable (the directory synced) before
+    ``delete`` returns, also when the record was gone already (another request's removal may
+    not be durable yet); with fsync off, nothing is synced."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(json_store.os, "fsync", fsync)
+    directory = tmp_path.stat().st_ino
+    for fsync_on in (True, False):
+        store = JsonFileStore(tmp_path, fsync=fsync_on)
+        upload = plain_record()
+        await store.create(upload)
+        synced.clear()
+        await store.delete(upload.id)
+        assert not (tmp_path / f"{upload.id}.json").exists()
+        await store.delete(upload.id)
+        assert synced == ([directory, directory] if fsync_on else [])
+
+
 async def test_json_commit_waiting_on_a_deleted_record_is_not_found(tmp_path: Path) -> None:
     """A commit that waited for the lock of a record deleted meanwhile raises
     ``UploadNotFound`` and writes nothing anywhere."""
@@ -1123,7 +1149,40 @@ async def test_local_writer_starts_writeback_as_bytes_arrive(
         # The first writer wrote too little. The second nudges when its writes reach offsets
         # 16 and 28; its last piece goes to disk with the final flush, which syncs instead.
         assert advised == [(start, 0, os.POSIX_FADV_DONTNEED) for start in expected]
-        assert len(synced) == (2 if fsync_on else 0)
+        # Each writer's flush syncs the file, and the creation synced the directory.
+        assert len(synced) == (3 if fsync_on else 0)
+
+
+@pytest.mark.parametrize("sync_created", [True, False])
+async def test_local_storage_syncs_its_directory_after_names_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_created: bool
+) -> None:
+    """With fsync on, creating a data file (unless ``sync_created=False``) and removing one
+    sync the directory before they return: a new or removed name survives a power cut only
+    then. With fsync off, nothing is synced."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(local_storage.os, "fsync", fsync)
+    directory = tmp_path.stat().st_ino
+    storage = LocalStorage(tmp_path, fsync=True, sync_created=sync_created)
+    upload_id = new_id()
+    await storage.create(upload_id)
+    assert synced == ([directory] if sync_created else [])
+    synced.clear()
+    await storage.delete(upload_id)
+    assert not storage.path(upload_id).exists()
+    assert synced == [directory]
+
+    synced.clear()
+    unsynced = LocalStorage(tmp_path / "off", fsync=False)
+    await unsynced.create(upload_id)
+    await unsynced.delete(upload_id)
+    assert synced == []
 
 
 def works_in_a_forked_child(store: UploadStore, upload: Upload) -> None:

@@ -154,6 +154,9 @@ class JsonFileStore:
         path = self._path(upload_id)
         with contextlib.suppress(UploadNotFound), _locked_record(path):
             os.unlink(path)
+        # Even when it was gone already: a deletion that another request made may not be
+        # durable yet, and this one is answered as done.
+        self._sync_dir()
 
     def _list(self) -> list[str]:
         names = []
@@ -168,8 +171,8 @@ class JsonFileStore:
             _sync_data(fd)
 
     def _sync_dir(self) -> None:
-        """Make a new or renamed name in the directory durable (POSIX needs the directory
-        itself synced)."""
+        """Make a new, renamed or removed name in the directory durable (POSIX needs the
+        directory itself synced)."""
         if self.fsync:
             fd = os.open(self.directory, os.O_RDONLY | os.O_CLOEXEC)
             try:
