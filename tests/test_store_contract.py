@@ -7,6 +7,7 @@ class then runs against it.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import hashlib
 import json
@@ -310,6 +311,73 @@ async def test_json_record_without_a_complete_line_is_unreadable(
     assert (tmp_path / f"{upload_id}.json").read_bytes() == content
     assert [u async for u in store.iter_uploads()] == []
     assert f"tus record {upload_id} is unreadable" in caplog.text
+
+
+def _killed_while_creating(store: JsonFileStore, upload: Upload, step: str) -> None:
+    """Fork; the child creates ``upload`` in ``store`` and dies (``os._exit``, no cleanup) at
+    ``step``: ``"write"`` (its line not written yet) or ``"sync"`` (written, not synced)."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        try:
+
+            def die(*args: object) -> None:
+                os._exit(0)
+
+            if step == "write":
+                json_store._pwrite_all = die  # type: ignore[assignment]
+            else:
+                store._sync = die  # type: ignore[method-assign]
+            store._create(upload)
+        finally:
+            os._exit(1)  # the step was never reached
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.skipif(
+    not (json_store._O_TMPFILE and os.path.isdir("/proc/self/fd")),
+    reason="files without a name need Linux's O_TMPFILE and /proc",
+)
+@pytest.mark.parametrize("step", ["write", "sync"])
+async def test_json_create_killed_midway_leaves_no_record_file(tmp_path: Path, step: str) -> None:
+    """A process killed while it creates a record leaves no record file behind (the file is
+    named only once written and synced), so no unreadable record piles up; the upload can be
+    created again. The record is never half there: get finds nothing."""
+    store = JsonFileStore(tmp_path)
+    upload = plain_record()
+    _killed_while_creating(store, upload, step)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UploadNotFound):
+        await store.get(upload.id)
+    await store.create(upload)
+    assert await store.get(upload.id) == upload
+
+
+@pytest.mark.parametrize("refusal", ["no-flag", "file-system"])
+async def test_json_store_without_files_without_a_name_still_creates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str
+) -> None:
+    """Where there is no ``O_TMPFILE`` or the file system refuses it, records are created under
+    their name at once, with the same contract: one line, and an existing name refused."""
+    if refusal == "no-flag":
+        monkeypatch.setattr(json_store, "_O_TMPFILE", 0)
+    else:
+        real_open = os.open
+
+        def no_tmpfile(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            if json_store._O_TMPFILE and flags & json_store._O_TMPFILE == json_store._O_TMPFILE:
+                raise OSError(errno.EOPNOTSUPP, "not here")
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(json_store.os, "open", no_tmpfile)
+    store = JsonFileStore(tmp_path)
+    upload = plain_record()
+    await store.create(upload)
+    assert await store.get(upload.id) == upload
+    assert len(record_lines(store, upload.id)) == 1
+    with pytest.raises(FileExistsError):
+        await store.create(upload)
+    assert await store.get(upload.id) == upload
 
 
 async def test_json_record_is_compacted_past_its_size_limit(

@@ -10,7 +10,9 @@ uploads on ext4, creating the temporary files took a sixth of the server's CPU t
 lock for all renames made commits queue behind each other.
 
 A record is always either its old or its new version, even after ``kill -9`` or a power cut:
-a line is written whole before it counts, a reader skips a torn last line (no newline, or not
+a new record file gets its name only once its first line is synced (on Linux; elsewhere a crash
+during ``create`` can leave a file without a complete line, which reads as unreadable), a line is
+written whole before it counts, a reader skips a torn last line (no newline, or not
 a record), and the next commit cuts such a tail off before it appends. Once a file passes
 :data:`COMPACT_SIZE` it is rewritten as one line (temporary file, sync, rename). A record
 written by an earlier version of this store (one JSON object, no newline) reads as one line.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import itertools
 import json
@@ -42,6 +45,9 @@ _READ_SIZE = 16384
 _TEMP_NUMBERS = itertools.count()
 #: Syncs a file's bytes and its size; the timestamps ``fsync`` would add are not needed.
 _sync_data = getattr(os, "fdatasync", os.fsync)
+#: Linux's flag for a new file without a name, and what a file system without them answers.
+_O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
+_NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
 
 
 class UnreadableRecord(ValueError):
@@ -60,6 +66,9 @@ class JsonFileStore:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        # Whether new records are written without a name first (see _write_new); turned off
+        # by the first attempt the file system refuses.
+        self._unnamed = bool(_O_TMPFILE) and os.path.isdir("/proc/self/fd")
 
     def _path(self, upload_id: str) -> str:
         if not is_valid_id(upload_id):
@@ -81,17 +90,50 @@ class JsonFileStore:
 
     def _write_new(self, path: str, upload: Upload) -> None:
         """Create ``path`` (``FileExistsError`` if it exists) holding one line, ``upload``,
-        synced when ``fsync``; on any failure nothing is left at ``path``."""
+        synced when ``fsync``; on any failure nothing is left at ``path``.
+
+        Where the file system allows (Linux), the file is written and synced without a name
+        and only then linked at ``path``, so it never exists empty: a process killed between
+        creating a record and writing it left a record file that no version could be read
+        from, which cleanup could only report, forever.
+        """
+        line = _line(upload)
+        fd = self._open_unnamed()
+        if fd is not None:
+            try:
+                _pwrite_all(fd, line, 0)
+                self._sync(fd)
+                # linkat(2) of the /proc link with AT_SYMLINK_FOLLOW, as open(2) documents
+                # for O_TMPFILE; it refuses an existing name, like O_EXCL. Python calls linkat
+                # (not link, which would link the /proc symlink itself) only when given a
+                # directory descriptor: the source path is absolute, so that one is ignored.
+                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd)
+            finally:
+                os.close(fd)
+            return
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
             try:
-                _pwrite_all(fd, _line(upload), 0)
+                _pwrite_all(fd, line, 0)
                 self._sync(fd)
             finally:
                 os.close(fd)
         except BaseException:
             _unlink(path)
             raise
+
+    def _open_unnamed(self) -> int | None:
+        """A new file without a name in the directory, open for writing, or ``None`` where
+        there are none (no ``O_TMPFILE`` or ``/proc``, or a file system without them)."""
+        if not self._unnamed:
+            return None
+        try:
+            return os.open(self.directory, _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            if exc.errno not in _NO_TMPFILE:
+                raise
+            self._unnamed = False
+            return None
 
     def _read(self, upload_id: str) -> Upload:
         try:
