@@ -9,6 +9,7 @@ place that maps outcomes to HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import ipaddress
@@ -253,7 +254,14 @@ class TusHandler:
         # Data first, record second: a crash between them leaves an orphan file (reported by
         # the cleanup command), never a record that points at nothing.
         await self.storage.create(upload_id)
-        await self.store.create(upload)
+        try:
+            await self.store.create(upload)
+        except Exception:
+            # No record, no URL handed out: the data file would only ever be an orphan. The
+            # store's error is the one reported; a file left anyway is cleanup's orphan.
+            with contextlib.suppress(Exception):
+                await self.storage.delete(upload_id)
+            raise
 
         response_headers = {"Location": self._location(request, upload_id)}
         if upload.concat == "final":

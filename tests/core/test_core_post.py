@@ -20,7 +20,7 @@ from core_helpers import (
     with_settings,
 )
 
-from flask_tus.core import HookEvent, TusHandler, TusResponse
+from flask_tus.core import HookEvent, TusHandler, TusResponse, Upload
 
 LOCATION = re.compile(r"/files/([0-9a-f]{32})")
 MAX = 2**32
@@ -332,6 +332,25 @@ async def test_post_creation_body_cut_short_leaves_nothing(
     assert "Location" not in response.headers
     assert stored_files(upload_dir) == before
     assert fired == ["pre_save"]
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), TimeoutError()])
+async def test_post_whose_record_cannot_be_created_leaves_no_data(
+    handler: TusHandler, upload_dir: Path, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """When the store cannot create the record (a full disk, a database that does not answer),
+    the POST fails with 500 and the data file made for it just before is removed: nobody
+    learnt the upload's URL, and cleanup would only ever report the file."""
+
+    async def failing_create(upload: Upload) -> None:
+        raise error
+
+    monkeypatch.setattr(handler.store, "create", failing_create)
+    before = stored_files(upload_dir)
+    response = await handler.handle(make_request("POST", None, {**TUS, "Upload-Length": "10"}))
+    assert response.status == 500
+    assert "Location" not in response.headers
+    assert stored_files(upload_dir) == before
 
 
 async def test_post_completing_creation_with_upload_fires_on_complete(handler: TusHandler) -> None:
