@@ -19,15 +19,21 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
 from flask import Blueprint, Response, current_app, request
-from flask.blueprints import BlueprintSetupState
+from flask.globals import request_ctx
 from werkzeug.exceptions import ClientDisconnected as WerkzeugClientDisconnected
-from werkzeug.routing import Rule
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 from .core.errors import ClientDisconnected
 from .core.messages import Headers, TusRequest, TusResponse
 
 T = TypeVar("T")
 
+#: The methods the tus routes serve; the handler answers others with 405.
+METHODS = ["OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"]
+#: The tus blueprint's name, the prefix of its endpoints.
+TUS_BLUEPRINT = "tus"
+#: Set in the environ of requests the ASGI adapter serves (see ``extension._environ_of``).
+ASGI_ENVIRON_KEY = "flask_tus.asgi"
 #: The most of a refused request's body read away to keep its connection usable.
 _DRAIN_LIMIT = 8 * 2**20
 #: Worker threads shared by every request's loop (blocking body reads, file and record I/O).
@@ -198,26 +204,50 @@ def _sync_view(view: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
 def make_blueprint(collection_path: str) -> Blueprint:
     """Routes for ``collection_path`` (with and without its trailing slash, no redirect) and
-    ``collection_path + <upload_id>``, served by :func:`tus_view` whatever the method.
-
-    The routes match every method so that the core answers the ones tus does not serve (405
-    with the URL's ``Allow`` and ``Tus-Resumable``, which every tus response carries) as the
-    ASGI adapter does; Flask's own 405 says neither and lists methods the URL refuses. Flask
-    gives a route a method list, so the rules are werkzeug's, without one. Nor does Flask
-    answer OPTIONS for them: tus needs its own OPTIONS response.
-    """
-    blueprint = Blueprint("tus", __name__)
+    ``collection_path + <upload_id>``, served by :func:`tus_view`."""
+    blueprint = Blueprint(TUS_BLUEPRINT, __name__)
     view = _sync_view(tus_view)
-    routes: tuple[tuple[str, str, dict[str, Any]], ...] = (
-        (collection_path, "collection", {"strict_slashes": False}),
-        (collection_path + "<upload_id>", "upload", {}),
+    # Flask answers OPTIONS itself unless told not to; tus needs its own OPTIONS response.
+    blueprint.add_url_rule(
+        collection_path,
+        "collection",
+        view,
+        methods=METHODS,
+        strict_slashes=False,
+        provide_automatic_options=False,
     )
-
-    def add_routes(state: BlueprintSetupState) -> None:
-        for path, name, options in routes:
-            endpoint = f"{state.name}.{name}"
-            state.app.url_map.add(Rule(path, endpoint=endpoint, methods=None, **options))
-            state.app.view_functions[endpoint] = view
-
-    blueprint.record_once(add_routes)
+    blueprint.add_url_rule(
+        collection_path + "<upload_id>",
+        "upload",
+        view,
+        methods=METHODS,
+        provide_automatic_options=False,
+    )
     return blueprint
+
+
+def refuse_other_methods() -> Response | None:
+    """The app's ``before_request`` function: a request for a tus URL with a method that no
+    route of the app serves gets the tus handler's 405 rather than Flask's.
+
+    Every tus response carries ``Tus-Resumable``, and ``Allow`` names what the URL serves
+    (Flask's 405 page has neither, and its ``Allow`` would name POST on an upload URL). Flask
+    runs ``before_request`` functions before it raises a routing error, so a method another
+    route of the app serves at that path still reaches that route.
+    """
+    if request.environ.get(ASGI_ENVIRON_KEY) or not isinstance(
+        request.routing_exception, MethodNotAllowed
+    ):
+        # Under tus.asgi_app the adapter answers every method of a tus URL itself.
+        return None
+    adapter = request_ctx.url_adapter
+    if adapter is None:
+        return None
+    try:
+        # Both tus routes serve OPTIONS: which one (if any) is this path's?
+        endpoint, values = adapter.match(method="OPTIONS")
+    except HTTPException:
+        return None
+    if endpoint not in (f"{TUS_BLUEPRINT}.collection", f"{TUS_BLUEPRINT}.upload"):
+        return None
+    return run_async(tus_view(**values))

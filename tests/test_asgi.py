@@ -18,7 +18,7 @@ from asgi_client import AsgiTestClient
 from flask import Flask, abort, current_app, g, request, url_for
 from servers import Server
 
-from flask_tus import FlaskTus, HookEvent
+from flask_tus import FlaskTus, HookEvent, extension
 from flask_tus.asgi import Message, TusASGI
 from flask_tus.core import TusHandler
 
@@ -337,6 +337,41 @@ def test_before_request_guards_tus_requests_on_both_paths(upload_dir: Path, path
 
 def patch(offset: int) -> dict[str, str]:
     return {"Upload-Offset": str(offset), "Content-Type": OCTET}
+
+
+@pytest.mark.parametrize("own", [False, True])
+def test_before_request_functions_run_in_a_thread_only_when_the_app_has_some(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch, own: bool
+) -> None:
+    """The guard hops to a worker thread to run ``before_request`` functions only when the app
+    or the tus blueprint has some of its own: the extension's function for other methods under
+    WSGI servers is not one (the adapter answers those itself)."""
+    app = Flask(__name__)
+    app.config["TUS_UPLOAD_DIR"] = str(upload_dir)
+    tus = FlaskTus(app)
+    ran: list[str] = []
+    if own:
+        app.before_request(lambda: ran.append(request.method))
+    preprocessed: list[str] = []
+    real = extension._preprocess
+
+    def counting(flask_app: Flask) -> Any:
+        preprocessed.append(request.method)
+        return real(flask_app)
+
+    monkeypatch.setattr(extension, "_preprocess", counting)
+    client = AsgiTestClient(tus.asgi_app(app))
+    try:
+        created = client.post("/files/", headers={**TUS, "Upload-Length": "1"})
+        assert created.status_code == 201
+        refused = client.open(created.headers["Location"], "PUT", data=b"x", headers=TUS)
+        assert refused.status_code == 405
+        assert refused.headers["Tus-Resumable"] == "1.0.0"
+        assert refused.headers["Allow"] == "HEAD, PATCH, DELETE, GET, OPTIONS"
+    finally:
+        client.close()
+    assert preprocessed == (["POST", "PUT"] if own else [])
+    assert ran == preprocessed
 
 
 def test_hooks_see_the_flask_request_on_the_asgi_path(upload_dir: Path) -> None:

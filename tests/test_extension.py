@@ -175,6 +175,43 @@ def test_collection_answers_with_and_without_slash(
         assert (upload_dir / upload_id).exists()
 
 
+def test_app_routes_at_tus_paths_keep_their_methods(upload_dir: Path) -> None:
+    """Routes of the app at paths the tus routes also match, registered after the extension,
+    still get the methods tus does not serve (a catch-all too); every other method there gets
+    the tus 405. The tus rules keep their method lists, which code listing the app's routes
+    reads (Flask's site map recipe tests ``"GET" in rule.methods``), and Flask's automatic
+    OPTIONS answer for the app's route still names its methods."""
+    app = new_app(upload_dir)
+    FlaskTus(app)
+
+    @app.put("/files/<name>")
+    def replace(name: str) -> str:
+        return f"app put {name}"
+
+    @app.route("/<path:anything>", methods=["PROPFIND"])
+    def catch_all(anything: str) -> str:
+        return f"app propfind {anything}"
+
+    @app.get("/files/stats")
+    def stats() -> str:
+        return "app stats"
+
+    client = app.test_client()
+    assert client.put("/files/abc").data == b"app put abc"
+    assert client.open("/files/", method="PROPFIND").data == b"app propfind files/"
+    trace = client.open("/files/abc", method="TRACE")
+    assert trace.status_code == 405
+    assert trace.headers["Tus-Resumable"] == "1.0.0"
+    assert trace.headers["Allow"] == "HEAD, PATCH, DELETE, GET, OPTIONS"
+    assert client.get("/files/stats").data == b"app stats"
+
+    tus_rules = {r.endpoint: r for r in app.url_map.iter_rules() if r.endpoint.startswith("tus.")}
+    assert set(tus_rules) == {"tus.collection", "tus.upload"}
+    for rule in tus_rules.values():
+        assert rule.methods == {"OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"}
+    assert "GET" in client.options("/files/stats").headers["Allow"]
+
+
 def test_collection_at_the_root(upload_dir: Path) -> None:
     """``TUS_UPLOAD_URL = "/"`` serves at the root with ``Location: /<id>``, never ``//<id>``
     (which a client would read as a URL on another host)."""
