@@ -9,7 +9,6 @@ place that maps outcomes to HTTP.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import hmac
 import ipaddress
@@ -257,10 +256,7 @@ class TusHandler:
         try:
             await self.store.create(upload)
         except Exception:
-            # No record, no URL handed out: the data file would only ever be an orphan. The
-            # store's error is the one reported; a file left anyway is cleanup's orphan.
-            with contextlib.suppress(Exception):
-                await self.storage.delete(upload_id)
+            await self._drop_unrecorded(upload_id)
             raise
 
         response_headers = {"Location": self._location(request, upload_id)}
@@ -293,6 +289,25 @@ class TusHandler:
             received.raise_if_cut_short()
         response_headers.update(self._expiry_headers(upload))
         return TusResponse(201, response_headers)
+
+    async def _drop_unrecorded(self, upload_id: str) -> None:
+        """Remove the data file of an upload whose record could not be created: no URL was
+        handed out, so it would only ever be an orphan.
+
+        A store's error does not prove that nothing was written (a database connection lost
+        at COMMIT may have committed): the file goes only when the store confirms there is no
+        record, never leaving a record that points at nothing. Anything else is logged, and
+        the file is left for cleanup to report.
+        """
+        try:
+            await self.store.get(upload_id)
+        except errors.UploadNotFound:
+            try:
+                await self.storage.delete(upload_id)
+            except Exception:
+                log.warning("tus upload %s: data without a record kept", upload_id, exc_info=True)
+        except Exception:
+            log.warning("tus upload %s: record may exist; data kept", upload_id, exc_info=True)
 
     async def _load_part(self, part_id: str, now: datetime) -> Upload:
         try:

@@ -353,6 +353,44 @@ async def test_post_whose_record_cannot_be_created_leaves_no_data(
     assert stored_files(upload_dir) == before
 
 
+async def test_post_whose_record_creation_failed_after_writing_keeps_the_data(
+    handler: TusHandler, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store that wrote the record and then failed (a connection lost at COMMIT) makes the
+    POST fail, but the data file stays: the record the store kept must not point at nothing.
+    The upload, whose URL nobody got, expires like any other."""
+    real_create = handler.store.create
+
+    async def create_then_fail(upload: Upload) -> None:
+        await real_create(upload)
+        raise TimeoutError()
+
+    monkeypatch.setattr(handler.store, "create", create_then_fail)
+    response = await handler.handle(make_request("POST", None, {**TUS, "Upload-Length": "10"}))
+    assert response.status == 500
+    names = [name for name in stored_files(upload_dir) if not name.startswith(".")]
+    records = [name for name in names if name.endswith(".json")]
+    assert len(records) == 1
+    assert set(names) == {records[0], records[0].removesuffix(".json")}
+
+
+async def test_post_whose_record_state_is_unknown_keeps_the_data(
+    handler: TusHandler, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the store can tell neither way (creating and reading both fail), the data file
+    stays for cleanup to report; the POST fails with 500."""
+
+    async def failing(*args: object) -> None:
+        raise TimeoutError()
+
+    monkeypatch.setattr(handler.store, "create", failing)
+    monkeypatch.setattr(handler.store, "get", failing)
+    response = await handler.handle(make_request("POST", None, {**TUS, "Upload-Length": "10"}))
+    assert response.status == 500
+    names = [name for name in stored_files(upload_dir) if not name.startswith(".")]
+    assert len(names) == 1 and not names[0].endswith(".json")
+
+
 async def test_post_completing_creation_with_upload_fires_on_complete(handler: TusHandler) -> None:
     """A creation body that fills the upload finishes it (on_complete once)."""
     completed: list[str] = []
