@@ -334,15 +334,29 @@ def _killed_while_creating(store: JsonFileStore, upload: Upload, step: str) -> N
     assert os.waitstatus_to_exitcode(status) == 0
 
 
-@pytest.mark.skipif(
-    not (json_store._O_TMPFILE and os.path.isdir("/proc/self/fd")),
-    reason="files without a name need Linux's O_TMPFILE and /proc",
-)
+def _has_unnamed_files(directory: Path) -> bool:
+    """Whether ``directory``'s file system makes files without a name (``O_TMPFILE``) that
+    can be linked through ``/proc``."""
+    if not (json_store._O_TMPFILE and os.path.isdir("/proc/self/fd")):
+        return False
+    try:
+        fd = os.open(directory, json_store._O_TMPFILE | os.O_WRONLY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
+NO_UNNAMED = "files without a name need O_TMPFILE (Linux: ext4, xfs, btrfs, tmpfs)"
+
+
 @pytest.mark.parametrize("step", ["write", "sync"])
 async def test_json_create_killed_midway_leaves_no_record_file(tmp_path: Path, step: str) -> None:
     """A process killed while it creates a record leaves no record file behind (the file is
     named only once written and synced), so no unreadable record piles up; the upload can be
     created again. The record is never half there: get finds nothing."""
+    if not _has_unnamed_files(tmp_path):
+        pytest.skip(NO_UNNAMED)
     store = JsonFileStore(tmp_path)
     upload = plain_record()
     _killed_while_creating(store, upload, step)
@@ -353,14 +367,26 @@ async def test_json_create_killed_midway_leaves_no_record_file(tmp_path: Path, s
     assert await store.get(upload.id) == upload
 
 
-@pytest.mark.parametrize("refusal", ["no-flag", "file-system"])
+@pytest.mark.parametrize("refusal", ["no-flag", "file-system", "no-link"])
 async def test_json_store_without_files_without_a_name_still_creates(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refusal: str
 ) -> None:
-    """Where there is no ``O_TMPFILE`` or the file system refuses it, records are created under
-    their name at once, with the same contract: one line, and an existing name refused."""
+    """Where there is no ``O_TMPFILE``, the file system refuses it, or linking such a file
+    through ``/proc`` is refused (a sandbox), records are created under their name at once,
+    with the same contract: one line, and an existing name refused."""
     if refusal == "no-flag":
         monkeypatch.setattr(json_store, "_O_TMPFILE", 0)
+    elif refusal == "no-link":
+        if not _has_unnamed_files(tmp_path):
+            pytest.skip(NO_UNNAMED)
+        real_link = os.link
+
+        def no_proc_link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            if str(src).startswith("/proc/"):
+                raise OSError(errno.ENOENT, "no /proc links here")
+            real_link(src, dst, *args, **kwargs)
+
+        monkeypatch.setattr(json_store.os, "link", no_proc_link)
     else:
         real_open = os.open
 

@@ -10,8 +10,9 @@ uploads on ext4, creating the temporary files took a sixth of the server's CPU t
 lock for all renames made commits queue behind each other.
 
 A record is always either its old or its new version, even after ``kill -9`` or a power cut:
-a new record file gets its name only once its first line is synced (on Linux; elsewhere a crash
-during ``create`` can leave a file without a complete line, which reads as unreadable), a line is
+a new record file gets its name only once its first line is synced (on Linux file systems with
+``O_TMPFILE``; elsewhere a crash during ``create`` can leave a file without a complete line,
+which reads as unreadable), a line is
 written whole before it counts, a reader skips a torn last line (no newline, or not
 a record), and the next commit cuts such a tail off before it appends. Once a file passes
 :data:`COMPACT_SIZE` it is rewritten as one line (temporary file, sync, rename). A record
@@ -48,6 +49,8 @@ _sync_data = getattr(os, "fdatasync", os.fsync)
 #: Linux's flag for a new file without a name, and what a file system without them answers.
 _O_TMPFILE: int = getattr(os, "O_TMPFILE", 0)
 _NO_TMPFILE = (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL)
+#: What linking such a file through /proc answers where that is not possible.
+_NO_LINK = (errno.ENOENT, errno.EPERM, errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP)
 
 
 class UnreadableRecord(ValueError):
@@ -92,24 +95,14 @@ class JsonFileStore:
         """Create ``path`` (``FileExistsError`` if it exists) holding one line, ``upload``,
         synced when ``fsync``; on any failure nothing is left at ``path``.
 
-        Where the file system allows (Linux), the file is written and synced without a name
-        and only then linked at ``path``, so it never exists empty: a process killed between
+        Where the system allows (Linux, on file systems with ``O_TMPFILE``: ext4, xfs, btrfs,
+        tmpfs), the file is written and synced without a name and only then linked at
+        ``path``, so it never exists empty: a process killed between
         creating a record and writing it left a record file that no version could be read
         from, which cleanup could only report, forever.
         """
         line = _line(upload)
-        fd = self._open_unnamed()
-        if fd is not None:
-            try:
-                _pwrite_all(fd, line, 0)
-                self._sync(fd)
-                # linkat(2) of the /proc link with AT_SYMLINK_FOLLOW, as open(2) documents
-                # for O_TMPFILE; it refuses an existing name, like O_EXCL. Python calls linkat
-                # (not link, which would link the /proc symlink itself) only when given a
-                # directory descriptor: the source path is absolute, so that one is ignored.
-                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd)
-            finally:
-                os.close(fd)
+        if self._write_unnamed(path, line):
             return
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
         try:
@@ -121,6 +114,33 @@ class JsonFileStore:
         except BaseException:
             _unlink(path)
             raise
+
+    def _write_unnamed(self, path: str, line: bytes) -> bool:
+        """Write ``line`` into a file without a name, sync it and link it at ``path``; ``False``
+        (nothing done) where the system offers no such files or cannot link them."""
+        fd = self._open_unnamed()
+        if fd is None:
+            return False
+        try:
+            _pwrite_all(fd, line, 0)
+            self._sync(fd)
+            try:
+                # linkat(2) of the /proc link with AT_SYMLINK_FOLLOW, as open(2) documents for
+                # O_TMPFILE; it refuses an existing name, like O_EXCL. Python calls linkat
+                # (not link, which would link the /proc symlink itself) only when given a
+                # directory descriptor: the source path is absolute, so that one is ignored.
+                os.link(f"/proc/self/fd/{fd}", path, src_dir_fd=fd)
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise
+                # A sandbox without /proc links, say: named files from now on.
+                self._unnamed = False
+                return False
+        finally:
+            os.close(fd)
+        return True
 
     def _open_unnamed(self) -> int | None:
         """A new file without a name in the directory, open for writing, or ``None`` where
