@@ -16,7 +16,8 @@ tus_cli = AppGroup("tus", help="Maintain tus uploads.")
 @tus_cli.command("delete-expired")
 @click.option("--dry-run", is_flag=True, help="Report what would be deleted; delete nothing.")
 def delete_expired(dry_run: bool) -> None:
-    """Delete expired uploads (data and record together) and report orphans."""
+    """Delete expired uploads (data and record together) and the empty data of interrupted
+    creations; report orphans."""
     handler = current_app.extensions["tus"].handler
     try:
         report = asyncio.run(sweep(handler, dry_run=dry_run))
@@ -30,6 +31,8 @@ def delete_expired(dry_run: bool) -> None:
         click.echo(f"skipped expired upload {upload_id}: in use")
     for upload_id in report.failed:
         click.echo(f"could not delete expired upload {upload_id} (see the log)", err=True)
+    for upload_id in report.interrupted:
+        click.echo(f"{verb} empty data of an interrupted creation: {upload_id}")
     for upload_id in report.orphan_data:
         click.echo(f"orphan data without a record: {upload_id}")
     for upload_id in report.orphan_records:
@@ -37,6 +40,7 @@ def delete_expired(dry_run: bool) -> None:
     click.echo(
         f"{verb} {len(report.expired)} expired, skipped {len(report.busy)} in use, "
         f"{len(report.orphan_data)} orphan data, {len(report.orphan_records)} orphan records"
+        + (f", {verb} {len(report.interrupted)} interrupted" if report.interrupted else "")
         + (f", {len(report.failed)} failed" if report.failed else "")
     )
     if report.failed:

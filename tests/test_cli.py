@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from datetime import timedelta
@@ -18,6 +20,7 @@ from flask import Flask
 from flask_tus.core import Headers, TusRequest, TusResponse
 from flask_tus.core.errors import UploadNotFound
 from flask_tus.core.ids import new_id
+from flask_tus.core.maintenance import INTERRUPTED_AFTER
 from flask_tus.core.protocols import Locker, LockHandle
 
 #: What a test holder does with the lock instead of waiting for the block to end: it gets the
@@ -171,6 +174,85 @@ def test_orphans_are_reported_and_kept(cli_app: Flask, upload_dir: Path) -> None
 
     assert (upload_dir / orphan_data).read_bytes() == b"lost bytes"
     assert exists(cli_app, orphan_record)
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Set ``path``'s modification time ``seconds`` into the past."""
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])
+def test_empty_data_of_an_interrupted_creation_is_removed(
+    cli_app: Flask, upload_dir: Path, dry_run: bool
+) -> None:
+    """Empty data without a record, untouched for an hour (what a crash between creating an
+    upload's data and its record leaves; nobody got its URL), is removed, or on a dry run
+    would be. Younger empty data (a creation under way) and data holding bytes are only
+    reported; so is data whose record cannot be read."""
+    interrupted, young, with_bytes, unreadable = new_id(), new_id(), new_id(), new_id()
+    for upload_id in (interrupted, young, unreadable):
+        (upload_dir / upload_id).write_bytes(b"")
+    (upload_dir / with_bytes).write_bytes(b"lost bytes")
+    (upload_dir / f"{unreadable}.json").write_bytes(b"")
+    hour = INTERRUPTED_AFTER.total_seconds()
+    for upload_id in (interrupted, with_bytes, unreadable):
+        _age(upload_dir / upload_id, hour + 60)
+    _age(upload_dir / young, hour - 60)
+    normal = new_upload(cli_app, b"")  # finished, empty, and has a record
+    _age(upload_dir / normal, hour + 60)
+
+    result = run(cli_app, "delete-expired", *(["--dry-run"] if dry_run else []))
+    verb = "would delete" if dry_run else "deleted"
+    assert f"{verb} empty data of an interrupted creation: {interrupted}" in result.output
+    for upload_id in (young, with_bytes, unreadable):
+        assert f"orphan data without a record: {upload_id}" in result.output
+    assert f", {verb} 1 interrupted" in result.output
+    assert normal not in result.output
+    assert (upload_dir / interrupted).exists() == dry_run
+    for upload_id in (young, with_bytes, unreadable, normal):
+        assert (upload_dir / upload_id).exists()
+    assert result.exit_code == 0
+
+
+def test_interrupted_creation_whose_record_arrives_is_kept(
+    cli_app: Flask, upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Data that looked like an interrupted creation is looked at again under its lock: when
+    its record has come since the listing, it stays."""
+    upload_id = new_upload(cli_app, b"")
+    _age(upload_dir / upload_id, INTERRUPTED_AFTER.total_seconds() + 60)
+    store = cli_app.extensions["tus"].handler.store
+    listed = store.iter_uploads
+
+    async def without_it() -> Any:
+        async for upload in listed():
+            if upload.id != upload_id:
+                yield upload
+
+    real_get = store.get
+    locker = cli_app.extensions["tus"].handler.locker
+    real_lock = locker.lock
+    arrived: list[str] = []
+
+    async def not_yet(asked_id: str) -> Any:
+        if asked_id == upload_id and not arrived:
+            raise UploadNotFound()
+        return await real_get(asked_id)
+
+    def lock_then_arrive(locked_id: str, **kwargs: Any) -> Any:
+        # The record is created while the sweep waits for the lock.
+        arrived.append(locked_id)
+        return real_lock(locked_id, **kwargs)
+
+    monkeypatch.setattr(store, "iter_uploads", without_it)
+    monkeypatch.setattr(store, "get", not_yet)
+    monkeypatch.setattr(locker, "lock", lock_then_arrive)
+    result = run(cli_app, "delete-expired")
+    assert arrived == [upload_id]
+    assert f"orphan data without a record: {upload_id}" in result.output
+    assert "interrupted" not in result.output
+    assert (upload_dir / upload_id).exists()
 
 
 @pytest.mark.parametrize("dry_run", [False, True], ids=["run", "dry-run"])

@@ -32,7 +32,9 @@ from flask_tus.core.ids import new_id
 from flask_tus.core.lease import LeaseLocker
 from flask_tus.core.protocols import (
     ConcatenatingStorage,
+    DataInfo,
     DataStorage,
+    InspectableStorage,
     LeaseStore,
     Locker,
     LockHandle,
@@ -715,6 +717,21 @@ async def test_local_read_pieces_follow_chunk_size(tmp_path: Path) -> None:
     await write(storage, upload_id, 0, b"0123456789")
     pieces = [piece async for piece in storage.read(upload_id, 0, 9)]
     assert pieces == [b"012", b"345", b"678", b"9"]
+
+
+async def test_local_storage_tells_size_and_age(tmp_path: Path) -> None:
+    """``info`` gives the data file's size and modification time (aware UTC), and raises
+    ``UploadNotFound`` without data: cleanup judges interrupted creations by them."""
+    storage = LocalStorage(tmp_path, fsync=False)
+    assert isinstance(storage, InspectableStorage)
+    upload_id = new_id()
+    await storage.create(upload_id)
+    await write(storage, upload_id, 0, b"12345")
+    then = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    os.utime(storage.path(upload_id), (then.timestamp(), then.timestamp()))
+    assert await storage.info(upload_id) == DataInfo(5, then)
+    with pytest.raises(UploadNotFound):
+        await storage.info(new_id())
 
 
 async def test_local_data_is_a_file_named_by_id(tmp_path: Path) -> None:

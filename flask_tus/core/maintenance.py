@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 from .errors import UploadLocked, UploadNotFound
 from .handler import TusHandler
+from .protocols import InspectableStorage
 
 log = logging.getLogger("flask_tus")
 
@@ -22,6 +24,15 @@ class SweepReport:
     failed: list[str] = field(default_factory=list)
     orphan_data: list[str] = field(default_factory=list)
     orphan_records: list[str] = field(default_factory=list)
+    #: Empty data without a record, untouched for :data:`INTERRUPTED_AFTER`: removed (or to
+    #: remove, on a dry run). See :func:`sweep`.
+    interrupted: list[str] = field(default_factory=list)
+
+
+#: How long an empty data file without a record must have been left alone before cleanup takes
+#: it for the remains of an interrupted creation rather than a creation still under way (the
+#: record follows the data within one store call, which has its own timeouts).
+INTERRUPTED_AFTER = timedelta(hours=1)
 
 
 async def sweep(handler: TusHandler, *, dry_run: bool = False) -> SweepReport:
@@ -69,6 +80,58 @@ async def sweep(handler: TusHandler, *, dry_run: bool = False) -> SweepReport:
     # Expired records without data are removed (or would be, on a dry run) like any other
     # expired upload: they are not reported as orphans as well.
     removed = set(report.expired)
-    report.orphan_data = sorted(data_ids - record_ids)
     report.orphan_records = sorted(record_ids - data_ids - removed)
+    for upload_id in sorted(data_ids - record_ids):
+        cleared = await _clear_interrupted(handler, upload_id, dry_run)
+        if cleared:
+            report.interrupted.append(upload_id)
+        elif cleared is not None:
+            report.orphan_data.append(upload_id)
     return report
+
+
+async def _clear_interrupted(handler: TusHandler, upload_id: str, dry_run: bool) -> bool | None:
+    """Remove ``upload_id``'s data (unless ``dry_run``) if it is what an interrupted creation
+    leaves: empty, without a record, untouched for :data:`INTERRUPTED_AFTER`. ``False`` keeps
+    it to be reported as an orphan; ``None`` when it was gone already.
+
+    A creation makes the data file first and the record second, so a crash in between (or a
+    store that failed and could not say whether it kept the record) leaves such a file; no
+    client ever got its URL. Data holding bytes is never removed: it may be all that is left
+    of an upload whose record was lost. Nor is data whose record cannot be read.
+    """
+    storage = handler.storage
+    if not isinstance(storage, InspectableStorage):
+        return False
+    try:
+        if not await _is_interrupted(handler, storage, upload_id):
+            return False
+        if dry_run:
+            return True
+        async with handler.locker.lock(upload_id, take_over=False):
+            # Looked at again under the lock: the record may have come since the listing.
+            if not await _is_interrupted(handler, storage, upload_id):
+                return False
+            await storage.delete(upload_id)
+    except UploadNotFound:
+        return None  # the data was removed meanwhile
+    except UploadLocked:
+        return False  # a request holds it: looked at again next time
+    return True
+
+
+async def _is_interrupted(handler: TusHandler, storage: InspectableStorage, upload_id: str) -> bool:
+    """Whether the data is empty, old enough and has no record; ``UploadNotFound`` when the
+    data is gone."""
+    info = await storage.info(upload_id)
+    # File times come from the system clock, not the handler's (tests move that one).
+    if info.size or datetime.now(UTC) - info.modified_at < INTERRUPTED_AFTER:
+        return False
+    try:
+        await handler.store.get(upload_id)
+    except UploadNotFound:
+        return True
+    except Exception:
+        # A record that cannot be read: the data stays and is reported as an orphan.
+        log.warning("tus cleanup kept data %s: its record is unreadable", upload_id)
+    return False

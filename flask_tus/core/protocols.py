@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol, runtime_checkable
 
 from .upload import Upload
@@ -84,6 +86,23 @@ class ConcatenatingStorage(Protocol):
 
     async def concatenate(self, target_id: str, source_ids: tuple[str, ...]) -> None:
         """Replace ``target_id``'s data with the sources' data, in order."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a storage tells about one upload's data: its size and when it last changed."""
+
+    size: int
+    modified_at: datetime
+
+
+@runtime_checkable
+class InspectableStorage(Protocol):
+    """Optional: storage that tells the size and age of an upload's data (cleanup uses it to
+    remove the empty data a crash during a creation leaves behind)."""
+
+    async def info(self, upload_id: str) -> DataInfo:
+        """The data's size and last change; raises ``UploadNotFound`` when there is none."""
 
 
 class LockHandle(Protocol):

@@ -17,6 +17,7 @@ import hashlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
@@ -25,6 +26,7 @@ import aiofiles.os
 
 from ..core.errors import TusError, UploadNotFound
 from ..core.ids import is_valid_id
+from ..core.protocols import DataInfo
 from ..core.steps import run_to_end
 
 P = ParamSpec("P")
@@ -174,6 +176,14 @@ class LocalStorage:
         for name in await aiofiles.os.listdir(self.directory):
             if is_valid_id(name):
                 yield name
+
+    async def info(self, upload_id: str) -> DataInfo:
+        """The data file's size and modification time; ``UploadNotFound`` without one."""
+        try:
+            stat = await aiofiles.os.stat(self.path(upload_id))
+        except FileNotFoundError as exc:
+            raise UploadNotFound() from exc
+        return DataInfo(stat.st_size, datetime.fromtimestamp(stat.st_mtime, UTC))
 
     async def size(self, upload_id: str) -> int:
         """Bytes stored for ``upload_id``; raises ``UploadNotFound`` when there is no data."""
