@@ -236,6 +236,20 @@ def _run_all(threads: list[threading.Thread]) -> None:
 # ====================================================================== JsonFileStore on disk
 
 
+def synced_inodes(monkeypatch: pytest.MonkeyPatch, os_module: Any) -> list[int]:
+    """The inode numbers of what ``os_module.fsync`` syncs from now on, in order (it still
+    syncs): a directory's shows that names in it were made durable."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os_module, "fsync", fsync)
+    return synced
+
+
 def record_lines(store: JsonFileStore, upload_id: str) -> list[bytes]:
     return (store.directory / f"{upload_id}.json").read_bytes().splitlines(keepends=True)
 
@@ -482,14 +496,7 @@ async def test_json_delete_syncs_the_directory(
     """With fsync on, a deleted record's removal is made durable (the directory synced) before
     ``delete`` returns, also when the record was gone already (another request's removal may
     not be durable yet); with fsync off, nothing is synced."""
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_ino)
-        real_fsync(fd)
-
-    monkeypatch.setattr(json_store.os, "fsync", fsync)
+    synced = synced_inodes(monkeypatch, json_store.os)
     directory = tmp_path.stat().st_ino
     for fsync_on in (True, False):
         store = JsonFileStore(tmp_path, fsync=fsync_on)
@@ -1271,14 +1278,7 @@ async def test_local_storage_syncs_its_directory_after_names_change(
     """With fsync on, creating a data file (unless ``sync_created=False``) and removing one
     sync the directory before they return: a new or removed name survives a power cut only
     then. With fsync off, nothing is synced."""
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        synced.append(os.fstat(fd).st_ino)
-        real_fsync(fd)
-
-    monkeypatch.setattr(local_storage.os, "fsync", fsync)
+    synced = synced_inodes(monkeypatch, local_storage.os)
     directory = tmp_path.stat().st_ino
     storage = LocalStorage(tmp_path, fsync=True, sync_created=sync_created)
     upload_id = new_id()
