@@ -25,7 +25,7 @@ class SweepReport:
     orphan_data: list[str] = field(default_factory=list)
     orphan_records: list[str] = field(default_factory=list)
     #: Empty data without a record, untouched for :data:`INTERRUPTED_AFTER`: removed (or to
-    #: remove, on a dry run). See :func:`sweep`.
+    #: remove, on a dry run) as the remains of interrupted creations; not in ``orphan_data``.
     interrupted: list[str] = field(default_factory=list)
 
 
@@ -36,7 +36,8 @@ INTERRUPTED_AFTER = timedelta(hours=1)
 
 
 async def sweep(handler: TusHandler, *, dry_run: bool = False) -> SweepReport:
-    """Remove every expired upload's record and data together; report orphans.
+    """Remove every expired upload's record and data together, and the empty data that
+    interrupted creations left (see :func:`_clear_interrupted`); report other orphans.
 
     Finished uploads count as expired only with ``expire_completed``, and a final upload whose
     parts all finished does not count (see :meth:`TusHandler.is_expired`). An upload is removed only
