@@ -122,6 +122,18 @@ class RangeNotSatisfiable(TusError):
     default_message = "range not satisfiable"
 
 
+class InsufficientStorage(TusError):
+    """The server has no room for the rest of this body now (507): a full disk or quota.
+
+    What was written in full before is saved and committed; ``HEAD`` tells how much, and the
+    client resumes from there once there is room again.
+    """
+
+    status = 507
+    code = "insufficient_storage"
+    default_message = "no room for the rest of this upload now; HEAD for the saved offset"
+
+
 class UploadLocked(TusError):
     """Another request is writing to this upload (423)."""
 

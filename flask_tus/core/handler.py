@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import hmac
 import ipaddress
 import logging
@@ -17,6 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NoReturn
 
 from . import errors
 from .checksum import Hasher, new_hasher
@@ -40,13 +42,22 @@ from .headers import (
 from .hooks import HookEvent, Hooks, RequestInfo
 from .ids import is_valid_id, new_id
 from .messages import Headers, TusRequest, TusResponse
-from .protocols import ConcatenatingStorage, DataStorage, Locker, LockHandle, UploadStore
+from .protocols import (
+    ConcatenatingStorage,
+    DataStorage,
+    Locker,
+    LockHandle,
+    SalvagingWriter,
+    UploadStore,
+)
 from .pump import BodyPump
 from .settings import TusSettings
 from .steps import run_to_end
 from .upload import Upload
 
 log = logging.getLogger("flask_tus")
+#: Write failures that mean "no room now" (507) rather than a broken server (500).
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
 
 #: Response headers a browser script may read (CORS); tus clients need every one of them.
 EXPOSE_HEADERS = (
@@ -79,14 +90,18 @@ class _Received:
     cancelled: bool = False
     #: A newer request for the upload asked this one to let go, and it did.
     interrupted: bool = False
+    #: Storage failed to write the rest (``count`` is what it had written in full before).
+    failure: OSError | None = None
 
     @property
     def cut_short(self) -> bool:
         """The body did not arrive whole (or this request stopped reading it)."""
-        return self.disconnected or self.cancelled or self.interrupted
+        return self.disconnected or self.cancelled or self.interrupted or bool(self.failure)
 
     def raise_if_cut_short(self) -> None:
         """After the commit: report a body that did not arrive whole."""
+        if self.failure is not None:
+            _raise_write_error(self.failure)
         if self.cancelled:
             # What arrived is saved; now let the cancellation (server shutdown) proceed.
             raise asyncio.CancelledError()
@@ -94,6 +109,14 @@ class _Received:
             raise errors.UploadInterrupted()
         if self.disconnected:
             raise errors.ClientDisconnected()
+
+
+def _raise_write_error(exc: OSError) -> NoReturn:
+    """Raise what a storage write failure becomes: 507 when the disk or quota is full (the
+    client may resume later), else the error itself (500)."""
+    if exc.errno in _NO_ROOM:
+        raise errors.InsufficientStorage() from exc
+    raise exc
 
 
 class TusHandler:
@@ -466,7 +489,15 @@ class TusHandler:
                     if room is not None and count + len(piece) > room:
                         await writer.discard()
                         raise errors.PayloadTooLarge("the body would pass Upload-Length")
-                    await writer.write(piece)
+                    try:
+                        await writer.write(piece)
+                    except OSError as exc:
+                        # A full disk, say: keep what was written in full before, as for a
+                        # client that dropped, unless the body is all or nothing.
+                        salvage = checksum is None and keep_cut_short
+                        if not (salvage and isinstance(writer, SalvagingWriter)):
+                            _raise_write_error(exc)
+                        return _Received(await writer.salvage(), False, failure=exc)
                     if hasher is not None:
                         hasher.update(piece)
                     count += len(piece)
@@ -495,7 +526,10 @@ class TusHandler:
             ):
                 await writer.discard()
                 raise errors.ChecksumMismatch()
-            await writer.flush()
+            try:
+                await writer.flush()
+            except OSError as exc:
+                _raise_write_error(exc)
         return received
 
     # ------------------------------------------------------------------ DELETE (termination)

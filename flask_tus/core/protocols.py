@@ -54,6 +54,15 @@ class ChunkWriter(Protocol):
 
 
 @runtime_checkable
+class SalvagingWriter(Protocol):
+    """Optional: a writer that can keep what it wrote before a write failed (a full disk)."""
+
+    async def salvage(self) -> int:
+        """After ``write`` raised ``OSError``: make the bytes written in full before it durable,
+        close, and return how many there are from the start offset."""
+
+
+@runtime_checkable
 class DataStorage(Protocol):
     """Keeps the bytes of uploads, addressed by upload id, always written at explicit offsets."""
 

@@ -64,6 +64,8 @@ class LocalWriter:
         self._position = start
         self._kicked = start
         self._nudge_from = start
+        # The end of the bytes written in full so far (a failed write leaves the rest unknown).
+        self._written = start
 
     def _open_fd(self) -> int:
         if self._fd is None:
@@ -81,6 +83,7 @@ class LocalWriter:
                 writeback_from, self._nudge_from = self._nudge_from, self._kicked
                 self._kicked = self._position
             await _write_pieces(self._open_fd(), pieces, writeback_from=writeback_from)
+            self._written = self._position
         self._buffer.append(data)
         self._buffered += len(data)
 
@@ -95,10 +98,20 @@ class LocalWriter:
         fd, self._fd = self._open_fd(), None
         await _write_pieces(fd, self._take(), sync=self._fsync, close=True)
 
+    async def salvage(self) -> int:
+        """After :meth:`write` failed: sync (when ``fsync``) and close the file, and return how
+        many bytes from the start offset were written in full before the failure. Bytes past
+        them (of the write that failed) are never counted: the next writer cuts them off."""
+        fd, self._fd = self._open_fd(), None
+        self._buffer.clear()
+        self._buffered = 0
+        await _write_pieces(fd, [], sync=self._fsync, close=True)
+        return self._written - self._start
+
     async def discard(self) -> None:
         self._buffer.clear()
         self._buffered = 0
-        self._position = self._kicked = self._nudge_from = self._start
+        self._position = self._kicked = self._nudge_from = self._written = self._start
         await _truncate_at(self._open_fd(), self._start)
 
     async def close(self) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import errno
+import hashlib
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +20,7 @@ from core_helpers import (
     dropping_body,
     head,
     id_of,
+    make_handler,
     make_request,
     offset_of,
     patch,
@@ -26,6 +31,8 @@ from core_helpers import (
 
 from flask_tus import HookRejected
 from flask_tus.core import HookEvent, TusHandler
+from flask_tus.storage import local as local_storage
+from flask_tus.storage.local import LocalStorage
 
 
 @pytest.mark.parametrize(
@@ -438,3 +445,87 @@ async def test_patch_content_type_parameters_accepted(handler: TusHandler) -> No
         )
     )
     assert response.status == 204
+
+
+# ---------------------------------------------------------------------- a full disk
+
+
+def fail_writes(monkeypatch: pytest.MonkeyPatch, error: int, after: int) -> list[int]:
+    """Make the data file's ``os.write`` fail with ``error`` once ``after`` writes succeeded
+    (the first failing call writes half of what it was given first, as a full disk may);
+    returns the sizes the successful writes took."""
+    real_write = os.write
+    took: list[int] = []
+
+    def write(fd: int, data: Any) -> int:
+        if len(took) >= after:
+            real_write(fd, bytes(data[: len(data) // 2]))
+            raise OSError(error, os.strerror(error))
+        took.append(real_write(fd, data))
+        return took[-1]
+
+    monkeypatch.setattr(local_storage.os, "write", write)
+    return took
+
+
+@pytest.mark.parametrize(
+    ("error", "status"), [(errno.ENOSPC, 507), (errno.EDQUOT, 507), (errno.EIO, 500)]
+)
+async def test_patch_whose_storage_fails_midway_keeps_what_was_written(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch, error: int, status: int
+) -> None:
+    """A write that fails mid-body (a full disk, a quota, an I/O error) keeps what was written
+    in full before it, like a client that dropped: the offset advances by it and the client
+    resumes from HEAD once there is room. A full disk or quota answers 507, other errors 500;
+    the half-written piece is never counted and is cut off by the next PATCH."""
+    handler = make_handler(upload_dir, LocalStorage(upload_dir, chunk_size=4, fsync=True))
+    data = b"0123456789abcdef"
+    upload_id = await create(handler, len(data))
+    took = fail_writes(monkeypatch, error, after=2)
+    pieces = [data[i : i + 2] for i in range(0, len(data), 2)]
+    request = streamed_request("PATCH", upload_id, patch_headers(0), body_of(*pieces), len(data))
+    response = await handler.handle(request)
+    assert response.status == status
+    assert response.headers["Tus-Resumable"] == "1.0.0"
+    assert took == [4, 4]
+    assert await offset_of(handler, upload_id) == 8
+    monkeypatch.undo()
+    resumed = await patch(handler, upload_id, 8, data[8:])
+    assert resumed.status == 204
+    assert (upload_dir / upload_id).read_bytes() == data
+
+
+async def test_patch_with_checksum_whose_storage_fails_keeps_nothing(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body with ``Upload-Checksum`` is all or nothing: a full disk midway keeps none of it
+    (507) and the offset stays."""
+    handler = make_handler(upload_dir, LocalStorage(upload_dir, chunk_size=4, fsync=False))
+    data = b"0123456789abcdef"
+    upload_id = await create(handler, len(data))
+    fail_writes(monkeypatch, errno.ENOSPC, after=2)
+    digest = base64.b64encode(hashlib.sha1(data).digest()).decode()
+    headers = patch_headers(0, **{"Upload-Checksum": f"sha1 {digest}"})
+    pieces = [data[i : i + 2] for i in range(0, len(data), 2)]
+    response = await handler.handle(
+        streamed_request("PATCH", upload_id, headers, body_of(*pieces), len(data))
+    )
+    assert response.status == 507
+    monkeypatch.undo()
+    assert await offset_of(handler, upload_id) == 0
+
+
+async def test_patch_whose_last_write_fails_is_507_and_keeps_the_offset(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body that fits one buffer is written by the final flush; when the disk is full then,
+    the PATCH answers 507 and the offset stays where it was."""
+    handler = make_handler(upload_dir, LocalStorage(upload_dir, fsync=False))
+    upload_id = await create(handler, 10)
+    fail_writes(monkeypatch, errno.ENOSPC, after=0)
+    response = await patch(handler, upload_id, 0, b"01234")
+    assert response.status == 507
+    monkeypatch.undo()
+    assert await offset_of(handler, upload_id) == 0
+    assert (await patch(handler, upload_id, 0, b"0123456789")).status == 204
+    assert (upload_dir / upload_id).read_bytes() == b"0123456789"
