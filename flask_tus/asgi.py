@@ -16,7 +16,8 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from typing import Any
 
 from .core.errors import ClientDisconnected
-from .core.handler import TusHandler
+from .core.handler import SERVED_METHODS, TusHandler
+from .core.ids import is_valid_id
 from .core.messages import Headers, TusRequest, TusResponse
 from .core.messages import collection_path as normalise_collection
 
@@ -35,7 +36,9 @@ _BODY_METHODS = ("POST", "PATCH")
 
 class TusASGI:
     """An ASGI application serving ``collection_path`` (and ``collection_path + <id>``) with
-    ``handler``, and everything else with ``fallback`` (a plain 404 when there is none).
+    ``handler``, and everything else with ``fallback`` (a plain 404 when there is none). A
+    method tus does not serve, and a path whose id is not a valid upload id, go to the
+    fallback too, when there is one.
 
     ``context`` is entered around each tus request. ``guard`` (see :data:`Guard`) may refuse
     one before it is served; the Flask extension's runs the app's ``before_request``
@@ -79,7 +82,14 @@ class TusASGI:
             if root and path.startswith(root):
                 path = path[len(root) :]
             matched, upload_id = self.match(path)
-            if matched:
+            # A method tus does not serve, or a path that names no possible upload, goes to the
+            # fallback when there is one: the app may serve it (as under a WSGI server, where
+            # its own routes at such paths come first), and otherwise answers as tus would
+            # (the Flask extension's routes and its 405 do, after before_request functions).
+            native = scope["method"] in SERVED_METHODS and (
+                upload_id is None or is_valid_id(upload_id)
+            )
+            if matched and (native or self.fallback is None):
                 await self._serve(scope, receive, send, upload_id, root)
                 return
         if self.fallback is not None:

@@ -21,19 +21,18 @@ from typing import IO, Any, TypeVar
 from flask import Blueprint, Response, current_app, request
 from flask.globals import request_ctx
 from werkzeug.exceptions import ClientDisconnected as WerkzeugClientDisconnected
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 from .core.errors import ClientDisconnected
+from .core.handler import SERVED_METHODS
 from .core.messages import Headers, TusRequest, TusResponse
 
 T = TypeVar("T")
 
-#: The methods the tus routes serve; the handler answers others with 405.
-METHODS = ["OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"]
+#: The methods the tus routes serve; answer_other_methods answers others with 405.
+METHODS = sorted(SERVED_METHODS)
 #: The tus blueprint's name, the prefix of its endpoints.
 TUS_BLUEPRINT = "tus"
-#: Set in the environ of requests the ASGI adapter serves (see ``extension._environ_of``).
-ASGI_ENVIRON_KEY = "flask_tus.asgi"
 #: The most of a refused request's body read away to keep its connection usable.
 _DRAIN_LIMIT = 8 * 2**20
 #: Worker threads shared by every request's loop (blocking body reads, file and record I/O).
@@ -226,28 +225,29 @@ def make_blueprint(collection_path: str) -> Blueprint:
     return blueprint
 
 
-def refuse_other_methods() -> Response | None:
-    """The app's ``before_request`` function: a request for a tus URL with a method that no
-    route of the app serves gets the tus handler's 405 rather than Flask's.
+def answer_other_methods(response: Response) -> Response:
+    """The app's ``after_request`` function: a request for a tus URL with a method that no
+    route of the app serves gets the tus handler's 405 instead of Flask's error page.
 
     Every tus response carries ``Tus-Resumable``, and ``Allow`` names what the URL serves
-    (Flask's 405 page has neither, and its ``Allow`` would name POST on an upload URL). Flask
-    runs ``before_request`` functions before it raises a routing error, so a method another
-    route of the app serves at that path still reaches that route.
+    (Flask's 405 page has neither, and its ``Allow`` would name POST on an upload URL; for the
+    collection without its trailing slash werkzeug even answers 404). It replaces the response
+    only after routing failed, so a method another route of the app serves at that path still
+    reaches that route, and it runs after every ``before_request`` function: one that refuses
+    the request (authentication) still has the last word.
     """
-    if request.environ.get(ASGI_ENVIRON_KEY) or not isinstance(
-        request.routing_exception, MethodNotAllowed
-    ):
-        # Under tus.asgi_app the adapter answers every method of a tus URL itself.
-        return None
+    failed = request.routing_exception
+    if not isinstance(failed, (MethodNotAllowed, NotFound)) or response.status_code != failed.code:
+        # No routing error, or a before_request function answered first.
+        return response
     adapter = request_ctx.url_adapter
     if adapter is None:
-        return None
+        return response
     try:
         # Both tus routes serve OPTIONS: which one (if any) is this path's?
         endpoint, values = adapter.match(method="OPTIONS")
     except HTTPException:
-        return None
+        return response
     if endpoint not in (f"{TUS_BLUEPRINT}.collection", f"{TUS_BLUEPRINT}.upload"):
-        return None
+        return response
     return run_async(tus_view(**values))

@@ -18,7 +18,7 @@ from flask import Flask, current_app, has_app_context
 
 from .asgi import Guard
 from .async_models.json_store import JsonFileStore
-from .blueprint import ASGI_ENVIRON_KEY, TUS_BLUEPRINT, make_blueprint, refuse_other_methods
+from .blueprint import TUS_BLUEPRINT, answer_other_methods, make_blueprint
 from .core.checksum import ALGORITHMS
 from .core.handler import TusHandler
 from .core.hooks import HOOK_NAMES, HookEvent, Hooks
@@ -171,7 +171,7 @@ class FlaskTus:
         from .cli import tus_cli
 
         app.register_blueprint(make_blueprint(collection))
-        app.before_request(refuse_other_methods)
+        app.after_request(answer_other_methods)
         if "tus" not in app.cli.commands:
             app.cli.add_command(tus_cli)
 
@@ -314,10 +314,7 @@ def _before_request_guard(app: Flask) -> Guard:
         context.push()
         try:
             funcs = app.before_request_funcs
-            # The extension's own function answers other methods under a WSGI server; here
-            # the adapter does, so it alone is no reason for a thread hop.
-            apps = [f for f in funcs.get(None, ()) if f is not refuse_other_methods]
-            if apps or funcs.get(TUS_BLUEPRINT):
+            if funcs.get(None) or funcs.get(TUS_BLUEPRINT):
                 # to_thread copies the context: the functions see this request (and set its g).
                 yield await asyncio.to_thread(_preprocess, app)
             else:
@@ -367,8 +364,6 @@ def _environ_of(scope: Mapping[str, Any]) -> dict[str, Any]:
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
-        # Tells refuse_other_methods that the ASGI adapter serves this request.
-        ASGI_ENVIRON_KEY: True,
     }
     if client:
         environ["REMOTE_ADDR"] = client[0]

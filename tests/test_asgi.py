@@ -344,8 +344,8 @@ def test_before_request_functions_run_in_a_thread_only_when_the_app_has_some(
     upload_dir: Path, monkeypatch: pytest.MonkeyPatch, own: bool
 ) -> None:
     """The guard hops to a worker thread to run ``before_request`` functions only when the app
-    or the tus blueprint has some of its own: the extension's function for other methods under
-    WSGI servers is not one (the adapter answers those itself)."""
+    or the tus blueprint has some (the extension adds none). A method tus does not serve goes
+    to the Flask app, which runs them too and answers with the tus 405."""
     app = Flask(__name__)
     app.config["TUS_UPLOAD_DIR"] = str(upload_dir)
     tus = FlaskTus(app)
@@ -370,8 +370,8 @@ def test_before_request_functions_run_in_a_thread_only_when_the_app_has_some(
         assert refused.headers["Allow"] == "HEAD, PATCH, DELETE, GET, OPTIONS"
     finally:
         client.close()
-    assert preprocessed == (["POST", "PUT"] if own else [])
-    assert ran == preprocessed
+    assert preprocessed == (["POST"] if own else [])
+    assert ran == (["POST", "PUT"] if own else [])
 
 
 def test_hooks_see_the_flask_request_on_the_asgi_path(upload_dir: Path) -> None:

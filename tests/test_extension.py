@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from asgi_client import AsgiTestClient
 from conftest import OCTET, TUS, create, patch_headers
 from flask import Flask, current_app, request
 from flask.testing import FlaskClient
@@ -175,14 +176,16 @@ def test_collection_answers_with_and_without_slash(
         assert (upload_dir / upload_id).exists()
 
 
-def test_app_routes_at_tus_paths_keep_their_methods(upload_dir: Path) -> None:
+@pytest.mark.parametrize("path", ["wsgi", "asgi"])
+def test_app_routes_at_tus_paths_keep_their_methods(upload_dir: Path, path: str) -> None:
     """Routes of the app at paths the tus routes also match, registered after the extension,
-    still get the methods tus does not serve (a catch-all too); every other method there gets
-    the tus 405. The tus rules keep their method lists, which code listing the app's routes
-    reads (Flask's site map recipe tests ``"GET" in rule.methods``), and Flask's automatic
-    OPTIONS answer for the app's route still names its methods."""
+    still get the methods tus does not serve (a catch-all too), on both paths; every other
+    method there gets the tus 405, also on the collection without its slash. The tus rules keep
+    their method lists, which code listing the app's routes reads (Flask's site map recipe
+    tests ``"GET" in rule.methods``), and Flask's automatic OPTIONS answer for the app's route
+    still names its methods."""
     app = new_app(upload_dir)
-    FlaskTus(app)
+    tus = FlaskTus(app)
 
     @app.put("/files/<name>")
     def replace(name: str) -> str:
@@ -196,20 +199,61 @@ def test_app_routes_at_tus_paths_keep_their_methods(upload_dir: Path) -> None:
     def stats() -> str:
         return "app stats"
 
-    client = app.test_client()
-    assert client.put("/files/abc").data == b"app put abc"
-    assert client.open("/files/", method="PROPFIND").data == b"app propfind files/"
-    trace = client.open("/files/abc", method="TRACE")
-    assert trace.status_code == 405
-    assert trace.headers["Tus-Resumable"] == "1.0.0"
-    assert trace.headers["Allow"] == "HEAD, PATCH, DELETE, GET, OPTIONS"
-    assert client.get("/files/stats").data == b"app stats"
+    client: Any = app.test_client() if path == "wsgi" else AsgiTestClient(tus.asgi_app(app))
+    try:
+        assert client.open("/files/abc", method="PUT").data == b"app put abc"
+        assert client.open("/files/", method="PROPFIND").data == b"app propfind files/"
+        for url, allow in (
+            ("/files/abc", "HEAD, PATCH, DELETE, GET, OPTIONS"),
+            ("/files/", "POST, OPTIONS"),
+            ("/files", "POST, OPTIONS"),
+        ):
+            trace = client.open(url, method="TRACE", headers=TUS)
+            assert trace.status_code == 405, url
+            assert trace.headers["Tus-Resumable"] == "1.0.0"
+            assert trace.headers["Allow"] == allow
+        assert client.open("/files", method="PUT").status_code == 405
+        assert client.open("/files/stats", method="GET").data == b"app stats"
+        assert "GET" in client.open("/files/stats", method="OPTIONS").headers["Allow"]
+    finally:
+        if isinstance(client, AsgiTestClient):
+            client.close()
 
     tus_rules = {r.endpoint: r for r in app.url_map.iter_rules() if r.endpoint.startswith("tus.")}
     assert set(tus_rules) == {"tus.collection", "tus.upload"}
     for rule in tus_rules.values():
         assert rule.methods == {"OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"}
-    assert "GET" in client.options("/files/stats").headers["Allow"]
+
+
+@pytest.mark.parametrize("path", ["wsgi", "asgi"])
+def test_other_methods_meet_before_request_functions_first(upload_dir: Path, path: str) -> None:
+    """The app's ``before_request`` functions, also those registered after the extension, run
+    for a method tus does not serve before its 405, and may refuse it first (as they may any
+    tus request)."""
+    app = new_app(upload_dir)
+    tus = FlaskTus(app)
+    seen: list[str] = []
+
+    @app.before_request
+    def authenticate() -> Any:
+        seen.append(request.method)
+        if request.headers.get("Authorization") != "Bearer ok":
+            return "who are you?\n", 401
+        return None
+
+    client: Any = app.test_client() if path == "wsgi" else AsgiTestClient(tus.asgi_app(app))
+    try:
+        refused = client.open("/files/abc", method="PUT", headers=TUS)
+        assert (refused.status_code, refused.data) == (401, b"who are you?\n")
+        allowed = client.open(
+            "/files/abc", method="PUT", headers={**TUS, "Authorization": "Bearer ok"}
+        )
+        assert allowed.status_code == 405
+        assert allowed.headers["Tus-Resumable"] == "1.0.0"
+    finally:
+        if isinstance(client, AsgiTestClient):
+            client.close()
+    assert seen == ["PUT", "PUT"]
 
 
 def test_collection_at_the_root(upload_dir: Path) -> None:
