@@ -54,6 +54,7 @@ from flask_tus.core import Headers, TusHandler, TusRequest, TusSettings
 from flask_tus.core.errors import UploadNotFound
 from flask_tus.core.ids import new_id
 from flask_tus.core.lease import LeaseLocker
+from flask_tus.core.maintenance import INTERRUPTED_AFTER
 from flask_tus.core.protocols import LeaseStore, UploadStore
 from flask_tus.storage.local import LocalStorage
 
@@ -1110,3 +1111,26 @@ def test_two_servers_concurrent_patches(two_servers: tuple[list[str], Path]) -> 
     if 204 in statuses:
         assert owners == [statuses.index(204)]
         assert responses[owners[0]].headers["Upload-Offset"] == str(saved)
+
+
+def test_cleanup_removes_interrupted_creations_under_leases(stores: Stores, backend: str) -> None:
+    """With the SQL store the lock is a lease on the record, which data left by an interrupted
+    creation has none of: cleanup still deletes such data (empty, an hour old, no record)
+    rather than dropping it from the report, and keeps younger or non-empty data."""
+    app, _ = stores.app(backend)
+    assert isinstance(app.extensions["tus"].handler.locker, LeaseLocker)
+    upload_dir = Path(app.config["TUS_UPLOAD_DIR"])
+    interrupted, young, with_bytes = new_id(), new_id(), new_id()
+    (upload_dir / interrupted).write_bytes(b"")
+    (upload_dir / young).write_bytes(b"")
+    (upload_dir / with_bytes).write_bytes(b"lost bytes")
+    then = time.time() - INTERRUPTED_AFTER.total_seconds() - 60
+    for upload_id in (interrupted, with_bytes):
+        os.utime(upload_dir / upload_id, (then, then))
+    result = app.test_cli_runner().invoke(args=["tus", "delete-expired"])
+    assert result.exit_code == 0, result.output
+    assert f"deleted empty data of an interrupted creation: {interrupted}" in result.output
+    assert f"orphan data without a record: {young}" in result.output
+    assert f"orphan data without a record: {with_bytes}" in result.output
+    assert not (upload_dir / interrupted).exists()
+    assert (upload_dir / young).exists() and (upload_dir / with_bytes).exists()

@@ -107,17 +107,32 @@ async def _clear_interrupted(handler: TusHandler, upload_id: str, dry_run: bool)
     try:
         if not await _is_interrupted(handler, storage, upload_id):
             return False
-        if dry_run:
-            return True
+    except UploadNotFound:
+        return None  # the data was removed since the listing
+    if dry_run:
+        return True
+    try:
         async with handler.locker.lock(upload_id, take_over=False):
             # Looked at again under the lock: the record may have come since the listing.
-            if not await _is_interrupted(handler, storage, upload_id):
-                return False
-            await storage.delete(upload_id)
-    except UploadNotFound:
-        return None  # the data was removed meanwhile
+            return await _delete_if_interrupted(handler, storage, upload_id)
     except UploadLocked:
         return False  # a request holds it: looked at again next time
+    except UploadNotFound:
+        # A lease (the SQL and MongoDB stores' lock across hosts) is taken on the record,
+        # which there is none of. Nor does a creation lock anything before its record exists:
+        # the age is the guard here.
+        return await _delete_if_interrupted(handler, storage, upload_id)
+
+
+async def _delete_if_interrupted(
+    handler: TusHandler, storage: InspectableStorage, upload_id: str
+) -> bool | None:
+    try:
+        if not await _is_interrupted(handler, storage, upload_id):
+            return False
+    except UploadNotFound:
+        return None
+    await handler.storage.delete(upload_id)
     return True
 
 
