@@ -71,6 +71,8 @@ ALLOW_HEADERS = (
     "Upload-Offset, Upload-Checksum, X-HTTP-Method-Override, X-Requested-With"
 )
 ALLOW_METHODS = "POST, HEAD, PATCH, DELETE, GET, OPTIONS"
+#: Every method the handler serves on some tus URL; others it answers with 405.
+SERVED_METHODS = frozenset(("OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"))
 _COLLECTION_METHODS = ("POST", "OPTIONS")
 _UPLOAD_METHODS = ("HEAD", "PATCH", "DELETE", "GET", "OPTIONS")
 _OVERRIDABLE = ("PATCH", "DELETE", "HEAD", "GET", "OPTIONS", "POST")
@@ -451,7 +453,12 @@ class TusHandler:
         await held.confirm()
         # Compare-and-set: only the request that saw this offset may move it. Run to its end
         # even if this request is cancelled: the lock must outlive the commit (core/steps.py).
-        await run_to_end(self.store.commit(committed, expected_offset=offset))
+        try:
+            await run_to_end(self.store.commit(committed, expected_offset=offset))
+        except OSError as exc:
+            # The JSON store's records share the disk with the data: no room for the new line
+            # either means 507, not a broken server. Nothing was committed.
+            _raise_write_error(exc)
         await self._fire("post_save", committed, request)
         if done:
             # Reaching the length happens once per upload (the commit above is a CAS), so this
@@ -497,7 +504,11 @@ class TusHandler:
                         salvage = checksum is None and keep_cut_short
                         if not (salvage and isinstance(writer, SalvagingWriter)):
                             _raise_write_error(exc)
-                        return _Received(await writer.salvage(), False, failure=exc)
+                        try:
+                            kept = await writer.salvage()
+                        except OSError as failed:
+                            _raise_write_error(failed)
+                        return _Received(kept, False, failure=exc)
                     if hasher is not None:
                         hasher.update(piece)
                     count += len(piece)

@@ -482,12 +482,22 @@ async def test_patch_whose_storage_fails_midway_keeps_what_was_written(
     data = b"0123456789abcdef"
     upload_id = await create(handler, len(data))
     took = fail_writes(monkeypatch, error, after=2)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(local_storage.os, "fsync", fsync)
     pieces = [data[i : i + 2] for i in range(0, len(data), 2)]
     request = streamed_request("PATCH", upload_id, patch_headers(0), body_of(*pieces), len(data))
     response = await handler.handle(request)
     assert response.status == status
     assert response.headers["Tus-Resumable"] == "1.0.0"
     assert took == [4, 4]
+    # What was kept was synced before its offset was committed.
+    assert synced == [(upload_dir / upload_id).stat().st_ino]
     assert await offset_of(handler, upload_id) == 8
     monkeypatch.undo()
     resumed = await patch(handler, upload_id, 8, data[8:])
@@ -529,3 +539,36 @@ async def test_patch_whose_last_write_fails_is_507_and_keeps_the_offset(
     assert await offset_of(handler, upload_id) == 0
     assert (await patch(handler, upload_id, 0, b"0123456789")).status == 204
     assert (upload_dir / upload_id).read_bytes() == b"0123456789"
+
+
+@pytest.mark.parametrize("step", ["salvage-sync", "commit"])
+async def test_patch_without_room_to_save_what_was_written_is_507(
+    upload_dir: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """When the disk is so full that saving what was written fails too (its sync, or the
+    record's new line, which shares the disk), the PATCH still answers 507 and the offset
+    stays: nothing is counted that was not saved."""
+    handler = make_handler(upload_dir, LocalStorage(upload_dir, chunk_size=4, fsync=True))
+    data = b"0123456789abcdef"
+    upload_id = await create(handler, len(data))
+    fail_writes(monkeypatch, errno.ENOSPC, after=2)
+    no_room = OSError(errno.ENOSPC, "No space left on device")
+    if step == "salvage-sync":
+
+        def failing_fsync(fd: int) -> None:
+            raise no_room
+
+        monkeypatch.setattr(local_storage.os, "fsync", failing_fsync)
+    else:
+
+        async def failing_commit(*args: Any, **kwargs: Any) -> None:
+            raise no_room
+
+        monkeypatch.setattr(handler.store, "commit", failing_commit)
+    pieces = [data[i : i + 2] for i in range(0, len(data), 2)]
+    request = streamed_request("PATCH", upload_id, patch_headers(0), body_of(*pieces), len(data))
+    assert (await handler.handle(request)).status == 507
+    monkeypatch.undo()
+    assert await offset_of(handler, upload_id) == 0
+    assert (await patch(handler, upload_id, 0, data)).status == 204
+    assert (upload_dir / upload_id).read_bytes() == data
