@@ -61,8 +61,8 @@ class TusASGI:
         self.guard = guard
 
     def match(self, path: str) -> tuple[bool, str | None]:
-        """``(True, None)`` for the collection, ``(True, id)`` for an upload URL (the id is
-        validated by the handler), ``(False, None)`` for anything else."""
+        """``(True, None)`` for the collection, ``(True, id)`` for an upload URL (the id may
+        be invalid: the caller decides), ``(False, None)`` for anything else."""
         collection = self.collection_path
         if path in (collection, collection.rstrip("/") or "/"):
             return True, None
@@ -86,7 +86,8 @@ class TusASGI:
             # fallback when there is one: the app may serve it (as under a WSGI server, where
             # its own routes at such paths come first), and otherwise answers as tus would
             # (the Flask extension's routes and its 405 do, after before_request functions).
-            native = scope["method"] in SERVED_METHODS and (
+            # Methods are compared as the handler reads them: uvicorn passes them as sent.
+            native = scope["method"].upper() in SERVED_METHODS and (
                 upload_id is None or is_valid_id(upload_id)
             )
             if matched and (native or self.fallback is None):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any, TypeVar
 
@@ -225,29 +225,44 @@ def make_blueprint(collection_path: str) -> Blueprint:
     return blueprint
 
 
-def answer_other_methods(response: Response) -> Response:
-    """The app's ``after_request`` function: a request for a tus URL with a method that no
-    route of the app serves gets the tus handler's 405 instead of Flask's error page.
+class OtherMethod(MethodNotAllowed):
+    """Routing failed at a tus URL: no route of the app serves the request's method there.
 
-    Every tus response carries ``Tus-Resumable``, and ``Allow`` names what the URL serves
-    (Flask's 405 page has neither, and its ``Allow`` would name POST on an upload URL; for the
-    collection without its trailing slash werkzeug even answers 404). It replaces the response
-    only after routing failed, so a method another route of the app serves at that path still
-    reaches that route, and it runs after every ``before_request`` function: one that refuses
-    the request (authentication) still has the last word.
+    :func:`mark_other_methods` puts it in place of werkzeug's error, and the app's error
+    handler for it (:func:`answer_other_methods`) answers as tus does.
     """
-    failed = request.routing_exception
-    if not isinstance(failed, (MethodNotAllowed, NotFound)) or response.status_code != failed.code:
-        # No routing error, or a before_request function answered first.
-        return response
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        super().__init__()
+        #: The tus route's arguments for this path (``upload_id`` or none).
+        self.values = values
+
+
+def mark_other_methods(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """The app's URL value preprocessor: when routing failed at a tus URL (405, or werkzeug's
+    404 for the collection without its trailing slash), raise :class:`OtherMethod` instead.
+
+    Flask runs URL value preprocessors before the ``before_request`` functions and raises the
+    routing error only after them, so one of those that answers (authentication) keeps the
+    last word, and the tus 405 then passes through every ``after_request`` function like any
+    error response. A method another route of the app serves at the path never fails.
+    """
+    if not isinstance(request.routing_exception, (MethodNotAllowed, NotFound)):
+        return
     adapter = request_ctx.url_adapter
     if adapter is None:
-        return response
+        return
     try:
         # Both tus routes serve OPTIONS: which one (if any) is this path's?
-        endpoint, values = adapter.match(method="OPTIONS")
+        matched, arguments = adapter.match(method="OPTIONS")
     except HTTPException:
-        return response
-    if endpoint not in (f"{TUS_BLUEPRINT}.collection", f"{TUS_BLUEPRINT}.upload"):
-        return response
-    return run_async(tus_view(**values))
+        return
+    if matched in (f"{TUS_BLUEPRINT}.collection", f"{TUS_BLUEPRINT}.upload"):
+        request.routing_exception = OtherMethod(arguments)
+
+
+def answer_other_methods(error: OtherMethod) -> Response:
+    """The app's error handler for :class:`OtherMethod`: the tus handler's 405, with the URL's
+    ``Allow`` and ``Tus-Resumable`` (Flask's 405 page has neither, and its ``Allow`` would name
+    POST on an upload URL)."""
+    return run_async(tus_view(**error.values))

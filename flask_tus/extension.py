@@ -18,7 +18,13 @@ from flask import Flask, current_app, has_app_context
 
 from .asgi import Guard
 from .async_models.json_store import JsonFileStore
-from .blueprint import TUS_BLUEPRINT, answer_other_methods, make_blueprint
+from .blueprint import (
+    TUS_BLUEPRINT,
+    OtherMethod,
+    answer_other_methods,
+    make_blueprint,
+    mark_other_methods,
+)
 from .core.checksum import ALGORITHMS
 from .core.handler import TusHandler
 from .core.hooks import HOOK_NAMES, HookEvent, Hooks
@@ -171,7 +177,8 @@ class FlaskTus:
         from .cli import tus_cli
 
         app.register_blueprint(make_blueprint(collection))
-        app.after_request(answer_other_methods)
+        app.url_value_preprocessor(mark_other_methods)
+        app.register_error_handler(OtherMethod, answer_other_methods)
         if "tus" not in app.cli.commands:
             app.cli.add_command(tus_cli)
 

@@ -226,10 +226,12 @@ def test_app_routes_at_tus_paths_keep_their_methods(upload_dir: Path, path: str)
 
 
 @pytest.mark.parametrize("path", ["wsgi", "asgi"])
-def test_other_methods_meet_before_request_functions_first(upload_dir: Path, path: str) -> None:
-    """The app's ``before_request`` functions, also those registered after the extension, run
-    for a method tus does not serve before its 405, and may refuse it first (as they may any
-    tus request)."""
+def test_other_methods_meet_the_apps_request_functions(upload_dir: Path, path: str) -> None:
+    """For a method tus does not serve, the app's ``before_request`` functions (also those
+    registered after the extension) run first and keep the last word, even when they answer
+    with the status the routing error has (a 404 that hides the endpoint); the tus 405 that
+    follows otherwise passes through the app's ``after_request`` functions and wins over the
+    app's own 404/405 error handlers."""
     app = new_app(upload_dir)
     tus = FlaskTus(app)
     seen: list[str] = []
@@ -238,22 +240,34 @@ def test_other_methods_meet_before_request_functions_first(upload_dir: Path, pat
     def authenticate() -> Any:
         seen.append(request.method)
         if request.headers.get("Authorization") != "Bearer ok":
-            return "who are you?\n", 401
+            return "nothing here\n", 404
         return None
 
+    @app.after_request
+    def frame_options(response: Any) -> Any:
+        response.headers["X-Frame-Options"] = "DENY"
+        return response
+
+    @app.errorhandler(405)
+    def app_405(error: Any) -> Any:
+        return "the app's 405 page\n", 405
+
     client: Any = app.test_client() if path == "wsgi" else AsgiTestClient(tus.asgi_app(app))
+    ok = {**TUS, "Authorization": "Bearer ok"}
     try:
-        refused = client.open("/files/abc", method="PUT", headers=TUS)
-        assert (refused.status_code, refused.data) == (401, b"who are you?\n")
-        allowed = client.open(
-            "/files/abc", method="PUT", headers={**TUS, "Authorization": "Bearer ok"}
-        )
-        assert allowed.status_code == 405
-        assert allowed.headers["Tus-Resumable"] == "1.0.0"
+        for url in ("/files/abc", "/files"):
+            refused = client.open(url, method="PUT", headers=TUS)
+            assert (refused.status_code, refused.data) == (404, b"nothing here\n"), url
+            assert "Tus-Resumable" not in refused.headers
+            allowed = client.open(url, method="PUT", headers=ok)
+            assert allowed.status_code == 405, url
+            assert allowed.data == b"method not allowed\n"
+            assert allowed.headers["Tus-Resumable"] == "1.0.0"
+            assert allowed.headers["X-Frame-Options"] == "DENY"
     finally:
         if isinstance(client, AsgiTestClient):
             client.close()
-    assert seen == ["PUT", "PUT"]
+    assert seen == ["PUT"] * 4
 
 
 def test_collection_at_the_root(upload_dir: Path) -> None:
