@@ -490,6 +490,40 @@ def _commit_behind_a_held_lock(
     return outcome[0]
 
 
+@pytest.mark.parametrize("step", ["write", "sync"])
+async def test_json_commit_whose_line_cannot_be_saved_leaves_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
+    """A commit whose line cannot be written or synced (a full disk) raises, and the record
+    stays the previous version: the line already written is cut off, so no reader counts an
+    offset whose commit failed."""
+    store = JsonFileStore(tmp_path, fsync=True)
+    upload = plain_record()
+    await store.create(upload)
+    await store.commit(upload.copy(offset=40), expected_offset=0)
+
+    def no_room(*args: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if step == "write":
+        real_pwrite = os.pwrite
+
+        def half(fd: int, data: Any, offset: int) -> int:
+            real_pwrite(fd, bytes(data[:10]), offset)
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(json_store.os, "pwrite", half)
+    else:
+        monkeypatch.setattr(json_store, "_sync_data", no_room)
+    with pytest.raises(OSError, match="No space"):
+        await store.commit(upload.copy(offset=100), expected_offset=40)
+    monkeypatch.undo()
+    assert (await store.get(upload.id)).offset == 40
+    assert len(record_lines(store, upload.id)) == 2
+    await store.commit(upload.copy(offset=100), expected_offset=40)
+    assert (await store.get(upload.id)).offset == 100
+
+
 async def test_json_delete_syncs_the_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -182,8 +182,15 @@ class JsonFileStore:
             line = _line(upload)
             if not data[:end].endswith(b"\n"):
                 line = b"\n" + line  # a record from before this format: one object, no newline
-            _pwrite_all(fd, line, end)
-            self._sync(fd)
+            try:
+                _pwrite_all(fd, line, end)
+                self._sync(fd)
+            except BaseException:
+                # A line that could not be written whole or made durable (a full disk) must
+                # not count: the caller hears of a failed commit. Cut it off, if we can.
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise
             if end + len(line) > COMPACT_SIZE:
                 try:
                     self._compact(path, upload)

@@ -496,7 +496,7 @@ async def test_patch_whose_storage_fails_midway_keeps_what_was_written(
     assert response.status == status
     assert response.headers["Tus-Resumable"] == "1.0.0"
     assert took == [4, 4]
-    # What was kept was synced before its offset was committed.
+    # What was kept was synced (the salvage syncs the data file once).
     assert synced == [(upload_dir / upload_id).stat().st_ino]
     assert await offset_of(handler, upload_id) == 8
     monkeypatch.undo()
