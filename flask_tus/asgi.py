@@ -102,6 +102,8 @@ class TusASGI:
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, upload_id: str | None, root: str
     ) -> None:
+        # As werkzeug reads it: uvicorn passes the method as sent (a browser sends "patch").
+        method: str = scope["method"].upper()
         headers = Headers.from_pairs(
             (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
         )
@@ -116,13 +118,13 @@ class TusASGI:
             content_length is None
             and "transfer-encoding" not in headers
             and scope.get("http_version") not in (None, "1.0", "1.1")
-            and scope["method"] in _BODY_METHODS
+            and method in _BODY_METHODS
         ):
             # HTTP/2 and 3 frame a body without Content-Length or chunked coding: whether one
             # comes shows in its first message.
             streamed = await body.starts()
         request = TusRequest(
-            method=scope["method"],
+            method=method,
             upload_id=upload_id,
             headers=headers,
             collection_path=root + self.collection_path,
@@ -144,7 +146,7 @@ class TusASGI:
             # response while the request is unread (nor read a body the app does not ask for),
             # and a connection whose request was read whole can be kept alive.
             await body.drain()
-        await _send(send, response, head=scope["method"] == "HEAD")
+        await _send(send, response, head=method == "HEAD")
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         # Answered here because the WSGI fallback does not speak lifespan.

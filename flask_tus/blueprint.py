@@ -240,7 +240,8 @@ class OtherMethod(MethodNotAllowed):
 
 def mark_other_methods(endpoint: str | None, values: dict[str, Any] | None) -> None:
     """The app's URL value preprocessor: when routing failed at a tus URL (405, or werkzeug's
-    404 for the collection without its trailing slash), raise :class:`OtherMethod` instead.
+    404 for the collection without its trailing slash), put :class:`OtherMethod` in the place
+    of that error, which Flask raises later.
 
     Flask runs URL value preprocessors before the ``before_request`` functions and raises the
     routing error only after them, so one of those that answers (authentication) keeps the

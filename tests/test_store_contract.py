@@ -524,6 +524,49 @@ async def test_json_commit_whose_line_cannot_be_saved_leaves_the_record(
     assert (await store.get(upload.id)).offset == 100
 
 
+def test_json_reader_waits_for_a_commit_that_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that comes while a commit syncs its line waits for the commit: when the sync
+    fails and the line is cut off again, the reader never saw the offset that did not count."""
+    store = JsonFileStore(tmp_path, fsync=True)
+    upload = plain_record()
+    asyncio.run(store.create(upload))
+    syncing, fail = threading.Event(), threading.Event()
+
+    def failing_sync(fd: int) -> None:
+        syncing.set()
+        fail.wait(10)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json_store, "_sync_data", failing_sync)
+    outcome: list[object] = []
+    committer = threading.Thread(
+        target=lambda: outcome.append(
+            _catch(lambda: store._commit(upload.copy(offset=40), expected_offset=0))
+        )
+    )
+    committer.start()
+    assert syncing.wait(10)
+    read: list[int] = []
+    reader = threading.Thread(target=lambda: read.append(store._read(upload.id).offset))
+    reader.start()
+    reader.join(0.2)
+    assert reader.is_alive(), "the reader did not wait for the commit"
+    fail.set()
+    committer.join(10)
+    reader.join(10)
+    assert isinstance(outcome[0], OSError)
+    assert read == [0]
+
+
+def _catch(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except Exception as exc:
+        return exc
+
+
 async def test_json_delete_syncs_the_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -62,7 +62,8 @@ class JsonFileStore:
 
     Compare-and-set commits hold an exclusive ``flock`` on the record's own file for the
     read-compare-append, so they are atomic across threads and processes on this host, and
-    commits of different uploads never wait for each other.
+    commits of different uploads never wait for each other. Readers hold a shared one: a
+    commit's line counts for them only once it is synced.
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = True) -> None:
@@ -161,6 +162,9 @@ class JsonFileStore:
         except FileNotFoundError as exc:
             raise UploadNotFound() from exc
         try:
+            # Shared with other readers, excluded by a commit: a commit whose line fails to
+            # sync cuts it off again before it lets go, and no reader may count it meanwhile.
+            fcntl.flock(fd, fcntl.LOCK_SH)
             upload, _ = _last_record(_read_all(fd))
         finally:
             os.close(fd)
