@@ -71,11 +71,11 @@ ALLOW_HEADERS = (
     "Upload-Offset, Upload-Checksum, X-HTTP-Method-Override, X-Requested-With"
 )
 ALLOW_METHODS = "POST, HEAD, PATCH, DELETE, GET, OPTIONS"
-#: Every method the handler serves on some tus URL; others it answers with 405.
-SERVED_METHODS = frozenset(("OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"))
+#: Every method the handler serves on some tus URL (others get 405), and those that
+#: ``X-HTTP-Method-Override`` may name.
+SERVED_METHODS = frozenset(ALLOW_METHODS.split(", "))
 _COLLECTION_METHODS = ("POST", "OPTIONS")
 _UPLOAD_METHODS = ("HEAD", "PATCH", "DELETE", "GET", "OPTIONS")
-_OVERRIDABLE = ("PATCH", "DELETE", "HEAD", "GET", "OPTIONS", "POST")
 # A forwarded host: a DNS name or bracketed IPv6, with an optional port. Anything else is ignored
 # so that a header never injects text into Location.
 _HOST = re.compile(r"(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
@@ -164,7 +164,7 @@ class TusHandler:
         """Answer one request. Never raises: every failure becomes an error response."""
         method = request.method.upper()
         override = request.headers.get("x-http-method-override")
-        if method == "POST" and override and override.strip().upper() in _OVERRIDABLE:
+        if method == "POST" and override and override.strip().upper() in SERVED_METHODS:
             method = override.strip().upper()
             # Hooks and everything below see the method the client meant.
             request = dataclasses.replace(request, method=method)

@@ -104,13 +104,9 @@ async def _clear_interrupted(handler: TusHandler, upload_id: str, dry_run: bool)
     storage = handler.storage
     if not isinstance(storage, InspectableStorage):
         return False
-    try:
-        if not await _is_interrupted(handler, storage, upload_id):
-            return False
-    except UploadNotFound:
-        return None  # the data was removed since the listing
-    if dry_run:
-        return True
+    interrupted = await _is_interrupted(handler, storage, upload_id)
+    if not interrupted or dry_run:
+        return interrupted
     try:
         async with handler.locker.lock(upload_id, take_over=False):
             # Looked at again under the lock: the record may have come since the listing.
@@ -127,19 +123,20 @@ async def _clear_interrupted(handler: TusHandler, upload_id: str, dry_run: bool)
 async def _delete_if_interrupted(
     handler: TusHandler, storage: InspectableStorage, upload_id: str
 ) -> bool | None:
+    interrupted = await _is_interrupted(handler, storage, upload_id)
+    if interrupted:
+        await handler.storage.delete(upload_id)
+    return interrupted
+
+
+async def _is_interrupted(
+    handler: TusHandler, storage: InspectableStorage, upload_id: str
+) -> bool | None:
+    """Whether the data is empty, old enough and has no record; ``None`` when it is gone."""
     try:
-        if not await _is_interrupted(handler, storage, upload_id):
-            return False
+        info = await storage.info(upload_id)
     except UploadNotFound:
         return None
-    await handler.storage.delete(upload_id)
-    return True
-
-
-async def _is_interrupted(handler: TusHandler, storage: InspectableStorage, upload_id: str) -> bool:
-    """Whether the data is empty, old enough and has no record; ``UploadNotFound`` when the
-    data is gone."""
-    info = await storage.info(upload_id)
     # File times come from the system clock, not the handler's (tests move that one).
     if info.size or datetime.now(UTC) - info.modified_at < INTERRUPTED_AFTER:
         return False

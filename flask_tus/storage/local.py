@@ -200,10 +200,7 @@ class LocalStorage:
 
     async def size(self, upload_id: str) -> int:
         """Bytes stored for ``upload_id``; raises ``UploadNotFound`` when there is no data."""
-        try:
-            return (await aiofiles.os.stat(self.path(upload_id))).st_size
-        except FileNotFoundError as exc:
-            raise UploadNotFound() from exc
+        return (await self.info(upload_id)).size
 
     async def md5(self, upload_id: str) -> str:
         digest = hashlib.md5(usedforsecurity=False)
